@@ -1,0 +1,101 @@
+"""Conformance on CUDA in bf16 (FlexAttention and SDPA paths) against the float32 reference.
+
+    python benchmarks/gpu_conformance.py [--smollm2 PATH.gguf] [--out docs/gpu_conformance.json]
+
+For every family x {exclusive, mixed} x {one-pass prefill, chunked prefill, decode past the window,
+left-padded batch} and each streaming backend, it reports ||patched_bf16 - ref_fp32|| / ||ref_fp32||
+over the logits of real tokens (bound: 1e-2), then does the same on SmolLM2 at 2k tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import FAMILIES, plans_for, tiny_model  # noqa: E402
+from reference import reference_logits  # noqa: E402
+from test_matrix import run_chunks  # noqa: E402
+
+import zigzag_attn as zz  # noqa: E402
+
+BOUND = 1e-2
+
+
+def rel(out: torch.Tensor, ref: torch.Tensor, real: torch.Tensor) -> float:
+    m = real.bool()
+    d = out.float()[m] - ref.float()[m]
+    return float(d.norm() / ref.float()[m].norm())
+
+
+@torch.no_grad()
+def check(model_fp32, plan, x, mask, backend, chunks):
+    ref = reference_logits(model_fp32, plan, x, mask)
+    model = model_fp32.to(torch.bfloat16)
+    try:
+        with zz.patched(model, plan, streaming_backend=backend):
+            one = model(input_ids=x, attention_mask=mask).logits
+            chunked, cache = run_chunks(model, x, chunks, mask=mask)
+        bounded = all(t <= plan.sink + plan.window for i, t in enumerate(cache.stored_tokens())
+                      if plan.modes[i] != "retrieval")
+    finally:
+        model.to(torch.float32)
+    return rel(one, ref, mask), rel(chunked, ref, mask), bounded
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smollm2", help="path of SmolLM2-135M-Instruct .gguf (else the smollm2-135m alias)")
+    ap.add_argument("--out", default="docs/gpu_conformance.json")
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    print(f"torch {torch.__version__}  transformers {__import__('transformers').__version__}  "
+          f"{torch.cuda.get_device_name()}")
+    rows, ok = [], True
+    g = torch.Generator().manual_seed(0)
+    for family in FAMILIES:
+        model = tiny_model(family).to(dev)
+        for kind, plan in plans_for(model).items():
+            plan = zz.Plan(plan.modes, 4, 16, plan.heads, plan.model)
+            x = torch.randint(2, 96, (2, 300), generator=g).to(dev)
+            mask = torch.ones_like(x)
+            mask[1, :37] = 0
+            for backend in ("flex", "sdpa"):
+                for name, chunks in (("prefill+chunks", [130, 77, 1, 92]), ("decode", [40] + [1] * 260)):
+                    t = time.perf_counter()
+                    one, chunked, bounded = check(model, plan, x, mask, backend, chunks)
+                    good = one <= BOUND and chunked <= BOUND and bounded
+                    ok &= good
+                    rows.append(dict(model=family, plan=kind, backend=backend, path=name, one_pass=one,
+                                     chunked=chunked, bounded=bounded, ok=good, s=time.perf_counter() - t))
+                    print(f"{family:12s} {kind:9s} {backend:5s} {name:15s} one-pass {one:.2e}  chunked {chunked:.2e}"
+                          f"  bounded {bounded}  {'ok' if good else 'FAIL'}", flush=True)
+    from zigzag_attn.models import load
+
+    model, tok = load(args.smollm2 or "smollm2-135m", device="cuda")
+    text = Path(__file__).resolve().parents[1].joinpath("README.md").read_text() * 10
+    x = tok(text, return_tensors="pt").input_ids[:, :2048].to(dev)
+    mask = torch.ones_like(x)
+    plan = zz.Plan.from_layers(["retrieval" if i % 2 == 0 else "streaming" for i in range(30)], sink=64, window=256,
+                               model=zz.describe(model))
+    for backend in ("flex", "sdpa"):
+        one, chunked, bounded = check(model, plan, x, mask, backend, [1000, 500, 300] + [1] * 248)
+        good = one <= BOUND and chunked <= BOUND and bounded
+        ok &= good
+        rows.append(dict(model="smollm2-135m", plan="exclusive", backend=backend, path="2k prefill+chunks+decode",
+                         one_pass=one, chunked=chunked, bounded=bounded, ok=good))
+        print(f"smollm2-135m exclusive {backend:5s} 2k             one-pass {one:.2e}  chunked {chunked:.2e}  "
+              f"bounded {bounded}  {'ok' if good else 'FAIL'}", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=1))
+    print(f"{sum(r['ok'] for r in rows)} passed, {sum(not r['ok'] for r in rows)} failed")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Tiny random models of every supported family, and the plans the test matrix runs them through."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import zigzag_attn as zz
+
+SINK, WINDOW = 3, 8
+COMMON = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=512, eos_token_id=None, pad_token_id=0,
+              bos_token_id=1)
+FAMILIES = {
+    "llama": {},
+    "mistral": {"sliding_window": None},
+    "qwen2": {},
+    "qwen3": {"head_dim": 16},
+    "phi3": {},
+    "gemma3_text": {"head_dim": 16, "sliding_window": 6, "query_pre_attn_scalar": 16,
+                    "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]},
+}
+
+
+def tiny_model(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(family, **{**COMMON, **FAMILIES[family]})
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def plans_for(model) -> dict[str, zz.Plan]:
+    """A layer-exclusive and a mixed plan touching every full-attention layer the model has."""
+    info = zz.describe(model)
+    full = [i for i in range(info.num_layers) if i not in info.native_sliding]
+    modes = ["retrieval"] * info.num_layers
+    for i in full[::2]:
+        modes[i] = "streaming"
+    heads = [[True] * info.num_kv_heads for _ in range(info.num_layers)]
+    for n, i in enumerate(full):
+        heads[i] = [False, True] if n % 2 == 0 else [False, False]
+    return {"exclusive": zz.Plan.from_layers(modes, sink=SINK, window=WINDOW, model=info),
+            "mixed": zz.Plan.from_heads(heads, sink=SINK, window=WINDOW, model=info)}
+
+
+@pytest.fixture(scope="session", params=list(FAMILIES))
+def family_model(request):
+    return request.param, tiny_model(request.param)
+
+
+@pytest.fixture(params=["exclusive", "mixed"])
+def case(request, family_model):
+    """(family, model, plan) with the model unpatched again afterwards."""
+    family, model = family_model
+    plan = plans_for(model)[request.param]
+    yield family, model, plan
+    zz.unpatch(model)

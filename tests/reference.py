@@ -1,0 +1,74 @@
+"""Plain float32 reference: the unpatched model over the whole sequence (no cache), with each streaming
+layer's attention computed by explicit softmax(QK^T)V under a sink + window mask. Independent of the runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+from zigzag_attn.plan import Plan
+
+_ids = itertools.count()
+
+
+def _eager(q, k, v, allowed, scaling):
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1).float()
+    v = v.repeat_interleave(groups, dim=1).float()
+    scores = (q.float() @ k.transpose(-1, -2)) * scaling
+    allowed = allowed | ~allowed.any(-1, keepdim=True)  # padding queries: avoid NaN, ignored later
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return (probs @ v).to(q.dtype).transpose(1, 2).contiguous()
+
+
+def sink_window_allowed(pos: torch.Tensor, sink: int, window: int) -> torch.Tensor:
+    """(batch, 1, n, n) from logical positions (batch, n), -1 = padding."""
+    q, k = pos[:, None, :, None], pos[:, None, None, :]
+    return (k >= 0) & (q >= 0) & (k <= q) & ((k < sink) | (q - k < window))
+
+
+@contextlib.contextmanager
+def reference_attention(model, plan: Plan, attention_mask: torch.Tensor | None, n: int):
+    """Temporarily make `model` compute the reference for a full-sequence forward of `n` tokens."""
+    batch = attention_mask.shape[0] if attention_mask is not None else 1
+    real = attention_mask.bool() if attention_mask is not None else torch.ones(batch, n, dtype=torch.bool)
+    pos = (real.long().cumsum(-1) - 1).masked_fill(~real, -1)
+    streaming = sink_window_allowed(pos, plan.sink, plan.window)
+    causal = sink_window_allowed(pos, n, n)
+    original = model.config._attn_implementation
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        layer = module.layer_idx
+        row = plan.head_mask(key.shape[1])[layer]
+        if kwargs.get("sliding_window") is not None:  # the model's own sliding layer: its own mask
+            given = attention_mask if attention_mask is not None else causal
+            if given.dtype != torch.bool:
+                given = given == 0
+            per_head = [given] * len(row)
+        else:
+            per_head = [causal if r else streaming for r in row]
+        groups = query.shape[1] // key.shape[1]
+        allowed = torch.cat([m.expand(batch, 1, -1, -1) for m in per_head for _ in range(groups)], dim=1)
+        return _eager(query, key, value, allowed, scaling), None
+
+    name = f"zz-reference-{next(_ids)}"
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(original)
+        AttentionInterface._global_mapping.pop(name, None)
+        AttentionMaskInterface._global_mapping.pop(name, None)
+
+
+@torch.no_grad()
+def reference_logits(model, plan: Plan, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    """Logits `(batch, n, vocab)` of the reference over the whole sequence."""
+    with reference_attention(model, plan, attention_mask, input_ids.shape[1]):
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()

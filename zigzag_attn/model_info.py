@@ -1,0 +1,23 @@
+"""Read a transformers model's attention shape into a `ModelInfo`."""
+
+from __future__ import annotations
+
+from transformers.cache_utils import get_layer_types_and_kwargs
+
+from .plan import ModelInfo
+
+NATIVE_LOCAL = ("sliding_attention", "chunked_attention")
+
+
+def describe(model) -> ModelInfo:
+    """Layers, KV heads, head_dim and the model's own sliding-window layers."""
+    config = model.config.get_text_config(decoder=True)
+    layers = config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    types = get_layer_types_and_kwargs(config)[0]
+    window = getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None)
+    native = {i: int(window) for i, t in enumerate(types[:layers]) if t in NATIVE_LOCAL}
+    return ModelInfo(model_type=config.model_type, num_layers=layers, num_kv_heads=kv_heads, head_dim=head_dim,
+                     name=getattr(model.config, "name_or_path", None) or None, native_sliding=native)

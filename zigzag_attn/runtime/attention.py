@@ -1,0 +1,93 @@
+"""The `AttentionInterface` function of a patched model: one dispatch on `module.layer_idx`.
+
+Retrieval layers (and the model's own sliding-window layers) run the model's original attention,
+or `flash-attn` where installed; streaming layers run sink + window attention; mixed layers run both
+on their head groups and concatenate, as DuoAttention does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..plan import MIXED, RETRIEVAL, Plan
+from . import kernels
+from .cache import SplitKV
+from .step import Step
+
+STREAMING_BACKENDS = ("auto", "sdpa", "flex")
+RETRIEVAL_BACKENDS = ("auto", "native", "flash")
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Everything the attention function needs, fixed at patch time."""
+
+    plan: Plan
+    original: Callable  # the model's own attention function
+    streaming_backend: str = "auto"
+    retrieval_backend: str = "auto"
+
+    def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        step: Step | None = kwargs.pop("zigzag_step", None)
+        mode = self.plan.modes[module.layer_idx]
+        if mode == RETRIEVAL:
+            return self.full(module, query, key, value, attention_mask, scaling, dropout, kwargs), None
+        if step is None:
+            raise RuntimeError("streaming attention needs token positions; call the patched model itself "
+                               "(its forward or generate), not an inner module")
+        if kwargs.get("softcap") is not None:
+            raise NotImplementedError("attention logit soft-capping is not supported on streaming layers")
+        if mode == MIXED:
+            return self.mixed(module, query, key, value, attention_mask, scaling, dropout, step, kwargs), None
+        return self.streaming(query, key, value, step, scaling), None
+
+    def full(self, module, q, k, v, mask, scaling, dropout, kwargs) -> torch.Tensor:
+        """Causal attention over all keys: `(batch, q_len, heads, head_dim)`."""
+        use_flash = (self.retrieval_backend == "flash" or (self.retrieval_backend == "auto" and q.is_cuda
+                     and q.dtype in (torch.float16, torch.bfloat16) and kernels.flash_attn_installed()))
+        if use_flash and mask is None and dropout == 0.0 and kwargs.get("sliding_window") is None:
+            return kernels.causal_flash(q, k, v, scale=scaling)
+        return self.original(module, q, k, v, mask, scaling=scaling, dropout=dropout, **kwargs)[0]
+
+    def streaming(self, q, k, v, step: Step, scaling) -> torch.Tensor:
+        """Sink + window attention: `(batch, q_len, heads, head_dim)`."""
+        backend = self.streaming_backend
+        if backend == "auto":
+            backend = "flex" if q.is_cuda and q.shape[2] > 1 and kernels.flex_available() else "sdpa"
+        if backend == "flex":
+            if "block_mask" not in step.memo:
+                step.memo["block_mask"] = kernels.sink_window_block_mask(step.query_pos, step.key_pos,
+                                                                         sink=step.sink, window=step.window)
+            return kernels.sink_window_flex(q, k, v, step.memo["block_mask"], scale=scaling)
+        return kernels.sink_window_sdpa(q, k, v, step.query_pos, step.key_pos, sink=step.sink, window=step.window,
+                                        scale=scaling, masked=step.needs_mask)
+
+    def mixed(self, module, q, k, v, mask, scaling, dropout, step: Step, kwargs) -> torch.Tensor:
+        """Two calls on the two head groups, one concatenation, heads back in model order."""
+        row = self.plan.heads[module.layer_idx]
+        group = q.shape[1] // len(row)
+        r_heads = [h * group + g for h, keep in enumerate(row) if keep for g in range(group)]
+        s_heads = [h * group + g for h, keep in enumerate(row) if not keep for g in range(group)]
+        if isinstance(k, SplitKV):
+            kr, ks, vr, vs = k.retrieval, k.streaming, v.retrieval, v.streaming
+        else:  # no cache: every head sees the same keys
+            r_kv = torch.tensor([h for h, keep in enumerate(row) if keep], device=k.device)
+            s_kv = torch.tensor([h for h, keep in enumerate(row) if not keep], device=k.device)
+            kr, ks, vr, vs = k[:, r_kv], k[:, s_kv], v[:, r_kv], v[:, s_kv]
+        order = r_heads + s_heads
+        qr, qs = _heads(q, r_heads), _heads(q, s_heads)
+        out = torch.cat([self.full(module, qr, kr, vr, mask, scaling, dropout, kwargs),
+                         self.streaming(qs, ks, vs, step, scaling)], dim=2)
+        if order != sorted(order):
+            out = out.index_select(2, torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=q.device))
+        return out
+
+
+def _heads(q: torch.Tensor, heads: list[int]) -> torch.Tensor:
+    """Select query heads, as a slice when they are contiguous."""
+    if heads == list(range(heads[0], heads[-1] + 1)):
+        return q[:, heads[0]: heads[-1] + 1]
+    return q[:, heads]

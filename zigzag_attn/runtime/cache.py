@@ -1,0 +1,210 @@
+"""KV cache for patched models: full layers grow, streaming layers keep only sink + recent window.
+
+`ZigzagCache` is a transformers `DynamicCache` whose streaming (and mixed) layers are replaced by
+bounded layers. Every streaming layer keeps the same token positions, so the cache decides once
+per forward call (`begin`) which visible keys survive, and each layer applies that choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from ..plan import MIXED, STREAMING, Plan
+from .step import Keep, Step, keep_rule
+
+
+@dataclass
+class SplitKV:
+    """Keys (or values) of a mixed layer, split by KV head group.
+
+    retrieval: `(batch, n_retrieval_heads, all_tokens, head_dim)`;
+    streaming: `(batch, n_streaming_heads, visible, head_dim)`.
+    """
+
+    retrieval: torch.Tensor
+    streaming: torch.Tensor
+
+
+class SinkWindowLayer(DynamicLayer):
+    """Bounded layer: stores at most sink + window - 1 tokens between calls (sink + window during one)."""
+
+    is_sliding = False  # masks for the model's full layers are sized from this layer too
+    is_croppable = False
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.seen = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step: Step | None = None, *args, **kwargs):
+        """Append `(batch, heads, q_len, head_dim)` states; return the visible ones; keep what future queries need."""
+        if step is None or step.keep is None:
+            raise RuntimeError("a streaming cache layer was updated outside a patched forward call; "
+                               "call the patched model itself rather than a submodule")
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        keys = torch.cat([self.keys, key_states], dim=-2)
+        values = torch.cat([self.values, value_states], dim=-2)
+        self.keys, self.values = step.keep.apply(keys), step.keep.apply(values)
+        self.seen += key_states.shape[-2]
+        return keys, values
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen + query_length, 0
+
+    @property
+    def stored_tokens(self) -> int:
+        return 0 if not self.is_initialized else self.keys.shape[-2]
+
+    def reset(self) -> None:
+        super().reset()
+        self.seen = 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("streaming layers drop old tokens and cannot be rolled back "
+                                  "(assisted/speculative decoding is not supported with a zigzag plan)")
+
+
+class MixedLayer(DynamicLayer):
+    """DuoAttention layer: a full cache for the retrieval KV heads, a bounded one for the streaming heads."""
+
+    is_sliding = False
+    is_croppable = False
+
+    def __init__(self, retrieval_heads: list[int], streaming_heads: list[int], **kwargs):
+        super().__init__()
+        self.retrieval_heads, self.streaming_heads = retrieval_heads, streaming_heads
+        self.full, self.stream = DynamicLayer(), SinkWindowLayer()
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step: Step | None = None, *args, **kwargs):
+        r, s = self._index(key_states.device)
+        kr, vr = self.full.update(key_states.index_select(1, r), value_states.index_select(1, r))
+        ks, vs = self.stream.update(key_states.index_select(1, s), value_states.index_select(1, s), step)
+        self.is_initialized = True
+        return SplitKV(kr, ks), SplitKV(vr, vs)
+
+    def _index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.tensor(self.retrieval_heads, device=device), torch.tensor(self.streaming_heads, device=device))
+
+    def get_seq_length(self) -> int:
+        return self.stream.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.stream.seen + query_length, 0
+
+    @property
+    def stored_tokens(self) -> int:
+        return self.stream.stored_tokens
+
+    def reset(self) -> None:
+        self.full.reset()
+        self.stream.reset()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self.stream.crop(tokens_to_remove)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.full.reorder_cache(beam_idx)
+        self.stream.reorder_cache(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.full.batch_repeat_interleave(repeats)
+        self.stream.batch_repeat_interleave(repeats)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.full.batch_select_indices(indices)
+        self.stream.batch_select_indices(indices)
+
+
+class ZigzagCache(DynamicCache):
+    """A `DynamicCache` for a model patched with `plan`; `patch` creates one for every forward that needs it."""
+
+    def __init__(self, config, plan: Plan):
+        super().__init__(config=config)
+        if len(self.layers) != plan.num_layers:  # no layer types known: build them all now
+            self.layers = [DynamicLayer() for _ in range(plan.num_layers)]
+            self.layer_class_to_replicate = None
+        self.plan = plan
+        for i, mode in enumerate(plan.modes):
+            if mode == STREAMING:
+                self.layers[i] = SinkWindowLayer()
+            elif mode == MIXED:
+                row = plan.heads[i]
+                retrieval = [h for h, r in enumerate(row) if r]
+                self.layers[i] = MixedLayer(retrieval, [h for h in range(len(row)) if h not in retrieval])
+        self.stream_pos: torch.Tensor | None = None  # (batch, kept): logical positions of the kept streaming keys
+        self.seen = 0
+        self.aligned = True
+        self.step: Step | None = None
+
+    def begin(self, query_pos: torch.Tensor, aligned: bool) -> Step:
+        """Start a forward call whose new tokens sit at `query_pos` `(batch, q_len)`; decide what survives it."""
+        sink, window = self.plan.sink, self.plan.window
+        batch, q_len = query_pos.shape
+        old = self.stream_pos if self.stream_pos is not None else query_pos.new_empty(batch, 0)
+        if old.shape[0] != batch:
+            raise ValueError(f"the cache holds a batch of {old.shape[0]} rows but the input has {batch}")
+        key_pos = torch.cat([old, query_pos], dim=1)
+        self.aligned = self.aligned and aligned
+        if self.aligned:  # rows are identical: the kept keys are a head and a tail, known without a sync
+            total = self.seen + q_len
+            keep = Keep(head=min(sink, total), tail=min(window - 1, total))
+            kept = keep.apply(key_pos[:, None, :, None])[:, 0, :, 0]
+        else:
+            last = key_pos.max(dim=1, keepdim=True).values
+            allowed = keep_rule(key_pos, last, sink, window)
+            n = int(allowed.sum(dim=1).max())
+            order = torch.argsort((~allowed).to(torch.int8), dim=1, stable=True)[:, :n]
+            keep = Keep(0, 0, index=order)
+            kept = torch.where(allowed.gather(1, order), key_pos.gather(1, order), -1)
+        self.stream_pos, self.seen = kept, self.seen + q_len
+        self.step = Step(query_pos, key_pos, sink, window, self.aligned, keep)
+        return self.step
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        if isinstance(layer, (SinkWindowLayer, MixedLayer)):
+            return layer.update(key_states, value_states, self.step)
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    def stored_tokens(self) -> list[int]:
+        """Tokens each layer holds now (for streaming layers, at most sink + window - 1)."""
+        return [layer.stored_tokens if hasattr(layer, "stored_tokens") else layer.get_seq_length()
+                for layer in self.layers]
+
+    def nbytes(self) -> int:
+        """Bytes of keys and values held by all layers."""
+        total = 0
+        for layer in self.layers:
+            for sub in (layer.full, layer.stream) if isinstance(layer, MixedLayer) else (layer,):
+                if sub.is_initialized:
+                    total += sum(t.numel() * t.element_size() for t in (sub.keys, sub.values))
+        return total
+
+    def reset(self) -> None:
+        super().reset()
+        self.stream_pos, self.seen, self.aligned, self.step = None, 0, True, None
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        if self.stream_pos is not None:
+            self.stream_pos = self.stream_pos.index_select(0, beam_idx.to(self.stream_pos.device))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        if self.stream_pos is not None:
+            self.stream_pos = self.stream_pos.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.stream_pos is not None:
+            self.stream_pos = self.stream_pos[indices]
+
+    def crop(self, max_length: int) -> None:
+        raise NotImplementedError("a zigzag cache cannot be rolled back: streaming layers have dropped old tokens")

@@ -1,0 +1,111 @@
+"""Attention kernels, one function each.
+
+Inputs are `(batch, heads, seq, head_dim)`; outputs `(batch, seq, heads, head_dim)`.
+
+- `sink_window_sdpa`: masked torch SDPA; any device; decode and CPU prefill.
+- `sink_window_flex`: FlexAttention with a sparse block mask; CUDA prefill, cost ~ N * (sink + window).
+- `causal_flash`: the `flash-attn` package when installed (CUDA, fp16/bf16, no padding).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+from .step import sink_window_mask
+
+
+def sink_window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_pos: torch.Tensor,
+                     key_pos: torch.Tensor, *, sink: int, window: int, scale: float | None,
+                     masked: bool = True) -> torch.Tensor:
+    """Sink + window attention with torch SDPA.
+
+    q: `(batch, q_heads, q_len, head_dim)`; k, v: `(batch, kv_heads, visible, head_dim)`;
+    query_pos `(batch, q_len)`, key_pos `(batch, visible)` logical positions (-1 = padding).
+    `masked=False` skips the mask when every visible key is allowed (aligned decode).
+    """
+    mask = sink_window_mask(query_pos, key_pos, sink, window) if masked else None
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return out.transpose(1, 2)
+
+
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def sink_window_block_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, *, sink: int, window: int,
+                           block: int = 128):
+    """A FlexAttention `BlockMask` for the sink + window rule, built from per-block position bounds.
+
+    Work is O(q_blocks * kv_blocks) on small integers, never O(q_len * visible): a block is skipped when
+    no query in it can see a key in the other, and marked full (no per-element mask) when all can.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    b, lq = query_pos.shape
+    lk = key_pos.shape[1]
+
+    def bounds(pos: torch.Tensor, n: int):
+        pad = (-n) % block
+        p = F.pad(pos, (0, pad), value=-1).view(b, -1, block)
+        valid = p >= 0
+        big = torch.iinfo(p.dtype).max
+        lo = torch.where(valid, p, big).amin(-1)
+        hi = torch.where(valid, p, -1).amax(-1)
+        return lo, hi, valid.all(-1)
+
+    qlo, qhi, qfull = bounds(query_pos, lq)
+    klo, khi, kfull = bounds(key_pos, lk)
+    qlo, qhi, qfull = qlo[:, :, None], qhi[:, :, None], qfull[:, :, None]
+    klo, khi, kfull = klo[:, None, :], khi[:, None, :], kfull[:, None, :]
+    some = (khi >= 0) & (qhi >= 0) & (klo <= qhi) & ((klo < sink) | (qlo - khi < window))
+    every = qfull & kfull & (khi <= qlo) & ((khi < sink) | (qhi - klo < window))
+    partial = some & ~every
+
+    def indices(m: torch.Tensor):
+        counts = m.sum(-1, dtype=torch.int32)
+        order = torch.argsort((~m).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return counts[:, None], order[:, None]
+
+    qp, kp = query_pos, key_pos
+
+    def mask_mod(bi, h, qi, ki):
+        qq, kk = qp[bi, qi], kp[bi, ki]
+        return (kk >= 0) & (kk <= qq) & ((kk < sink) | (qq - kk < window))
+
+    kv_num, kv_idx = indices(partial)
+    full_num, full_idx = indices(every)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(lq, lk))
+
+
+def sink_window_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, *,
+                     scale: float | None) -> torch.Tensor:
+    """Sink + window attention with FlexAttention over a `sink_window_block_mask`. Shapes as `sink_window_sdpa`."""
+    out = _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return out.transpose(1, 2)
+
+
+def flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def causal_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None) -> torch.Tensor:
+    """Causal attention through `flash_attn.flash_attn_func` (queries aligned to the end of the keys)."""
+    from flash_attn import flash_attn_func
+
+    return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale, causal=True)

@@ -1,0 +1,150 @@
+"""`Scores`: how retrieval-critical each KV head (and each layer) of a model is.
+
+Pure data, like `Plan`: JSON in, JSON out, never pickle. Solvers in `zigzag_attn.solve` turn scores into plans.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zigzag_attn.plan import ModelInfo
+
+FORMAT = "zigzag-attn/scores"
+VERSION = 1
+AGGREGATES = ("mean", "max", "sum")
+
+
+class Scores:
+    """Per-head and per-layer retrieval importance; higher means more retrieval-critical.
+
+    Args:
+        heads: `[num_layers, num_kv_heads]` array-like or tensor; stored as a float32 CPU tensor (a copy).
+        layers: `[num_layers]` layer importance. If omitted it is derived from `heads` by `aggregate` over the
+            KV-head axis: "mean" (default), "max" or "sum".
+        model: the `ModelInfo` the scores were measured on; its layer and KV-head counts must match `heads`.
+        method: how the scores were obtained, e.g. "gates", "attention", "measured".
+        meta: free JSON-able dict (loss curve, timing, ...). Only JSON-native values round-trip exactly
+            (tuples come back as lists, dict keys as strings).
+        aggregate: see `layers`.
+    """
+
+    def __init__(self, heads: Any, layers: Any = None, model: ModelInfo | None = None, method: str | None = None,
+                 meta: dict[str, Any] | None = None, *, aggregate: str = "mean") -> None:
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
+        self.heads = _as_float_tensor(heads, "heads")
+        if self.heads.dim() != 2:
+            raise ValueError(f"heads must be 2-D [num_layers, num_kv_heads]; got shape {tuple(self.heads.shape)} "
+                             f"({self.heads.dim()}-D)")
+        if 0 in self.heads.shape:
+            raise ValueError(f"heads needs at least one layer and one KV head; got shape {tuple(self.heads.shape)}")
+        _check_finite(self.heads, "heads")
+        if layers is None:
+            agg = getattr(self.heads.double(), aggregate)(dim=1)  # float64 so a mean of large values cannot overflow
+            self.layers = (agg.values if aggregate == "max" else agg).float().contiguous()
+            _check_finite(self.layers, f"layer scores (the {aggregate} of heads)")  # a sum can overflow
+        else:
+            self.layers = _as_float_tensor(layers, "layers")
+            if self.layers.dim() != 1 or self.layers.shape[0] != self.heads.shape[0]:
+                raise ValueError(f"layers must have shape [{self.heads.shape[0]}] (one score per layer of heads); "
+                                 f"got shape {tuple(self.layers.shape)}")
+            _check_finite(self.layers, "layers")
+        if model is not None:
+            if not isinstance(model, ModelInfo):
+                raise TypeError(f"model must be a ModelInfo or None; got {type(model).__name__}")
+            if (model.num_layers, model.num_kv_heads) != tuple(self.heads.shape):
+                raise ValueError(f"heads has shape {tuple(self.heads.shape)} but the model has {model.num_layers} "
+                                 f"layers x {model.num_kv_heads} KV heads")
+        if method is not None and not isinstance(method, str):
+            raise TypeError(f"method must be a string or None; got {type(method).__name__}")
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            raise TypeError(f"meta must be a dict; got {type(meta).__name__}")
+        try:
+            json.dumps(meta)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"meta must be JSON-serialisable: {e}") from None
+        self.model, self.method, self.meta = model, method, dict(meta)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.heads.shape[0])
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(self.heads.shape[1])
+
+    def __repr__(self) -> str:
+        name = (self.model.name or self.model.model_type) if self.model else None
+        return (f"Scores({self.num_layers} layers x {self.num_kv_heads} KV heads, method={self.method!r}"
+                + (f", model={name!r}" if name else "") + ")")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Scores):
+            return NotImplemented
+        return (torch.equal(self.heads, other.heads) and torch.equal(self.layers, other.layers)
+                and self.model == other.model and self.method == other.method and self.meta == other.meta)
+
+    __hash__ = None  # mutable tensors inside
+
+    # -- persistence --------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        """float32 values are written as exact doubles, so a JSON round trip is lossless."""
+        return {
+            "format": FORMAT, "version": VERSION, "method": self.method,
+            "model": self.model.to_json() if self.model else None,
+            "heads": [[round(x, 5) for x in r] for r in self.heads.tolist()], "layers": self.layers.tolist(), "meta": self.meta,
+        }
+
+    @classmethod
+    def from_json(cls, d: Any, *, source: str = "<dict>") -> Scores:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"{source} is not a zigzag-attn scores file (no \"format\": \"{FORMAT}\" field)")
+        if d.get("version") != VERSION:
+            raise ValueError(f"{source} has scores format version {d.get('version')!r}; this zigzag-attn reads "
+                             f"{VERSION}")
+        try:
+            model = ModelInfo.from_json(d["model"]) if d.get("model") else None
+            return cls(d["heads"], d["layers"], model, d.get("method"), d.get("meta") or {})
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{source} is a damaged scores file: missing or malformed field {e}") from None
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_json()) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Scores:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no scores file {str(path)!r}")
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); a scores file is written by Scores.save") from None
+        return cls.from_json(data, source=str(path))
+
+
+def _as_float_tensor(x: Any, what: str) -> torch.Tensor:
+    try:
+        if isinstance(x, torch.Tensor):
+            return x.detach().to(device="cpu", dtype=torch.float32).clone()
+        return torch.tensor(x.tolist() if hasattr(x, "tolist") else x, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{what} must be a rectangular array of numbers: {e}") from None
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    bad = (~torch.isfinite(t)).nonzero().tolist()
+    if bad:
+        where = tuple(bad[0]) if len(bad[0]) > 1 else bad[0][0]
+        raise ValueError(f"{what} contains {len(bad)} NaN/inf value(s) (float32), the first at index {where}: "
+                         f"{t[tuple(bad[0])].item()}")
