@@ -27,7 +27,7 @@ def run_chunks(model, x, sizes, mask=None):
         end = min(start + size, x.shape[1])
         kw = {"attention_mask": mask[:, :end]} if mask is not None else {}
         o = model(input_ids=x[:, start:end], cache=cache, use_cache=True, **kw)
-        cache, start = o.cache, end
+        cache, start = zz.cache_of(o), end
         out.append(o.logits)
         if start == x.shape[1]:
             break
@@ -89,7 +89,7 @@ def test_generate_bounded(case):
     zz.patch(model, plan)
     out = model.generate(prompt, max_new_tokens=40, min_new_tokens=40, do_sample=False,
                          return_dict_in_generate=True, output_logits=True)
-    cache = getattr(out, "cache", None) or out.past_key_values
+    cache = zz.cache_of(out)
     assert isinstance(cache, zz.ZigzagCache)
     assert_bounded(cache, plan)
     assert cache.get_seq_length() == 47  # the last token is not fed back

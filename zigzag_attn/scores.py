@@ -98,7 +98,7 @@ class Scores:
         return {
             "format": FORMAT, "version": VERSION, "method": self.method,
             "model": self.model.to_json() if self.model else None,
-            "heads": [[round(x, 5) for x in r] for r in self.heads.tolist()], "layers": self.layers.tolist(), "meta": self.meta,
+            "heads": self.heads.tolist(), "layers": self.layers.tolist(), "meta": self.meta,
         }
 
     @classmethod

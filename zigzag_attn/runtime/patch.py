@@ -118,6 +118,12 @@ def make_cache(model) -> ZigzagCache:
     return ZigzagCache(_decoder(model).config, p.plan)
 
 
+def cache_of(output):
+    """The cache a forward or generate returned (`.cache` from transformers 5.2x, `.past_key_values` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
 def _unregister(name: str) -> None:
     AttentionInterface._global_mapping.pop(name, None)
     AttentionMaskInterface._global_mapping.pop(name, None)
