@@ -54,10 +54,11 @@ class Dispatch:
 
     def streaming(self, q, k, v, step: Step, scaling) -> torch.Tensor:
         """Sink + window attention: `(batch, q_len, heads, head_dim)`."""
-        backend = self.streaming_backend
-        if backend == "auto":
-            backend = "flex" if q.is_cuda and q.shape[2] > 1 and kernels.flex_available() else "sdpa"
-        if backend == "flex":
+        # FlexAttention pays off (and its prefill kernel applies) from one query block up; shorter
+        # chunks and decoding see at most sink + window + q_len keys, which masked SDPA handles well.
+        flex = self.streaming_backend == "flex" or (self.streaming_backend == "auto" and q.is_cuda
+                                                    and kernels.flex_available())
+        if flex and q.shape[2] >= kernels.FLEX_MIN_QUERIES:
             if "block_mask" not in step.memo:
                 step.memo["block_mask"] = kernels.sink_window_block_mask(step.query_pos, step.key_pos,
                                                                          sink=step.sink, window=step.window)

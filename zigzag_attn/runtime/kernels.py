@@ -32,6 +32,9 @@ def sink_window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_po
     return out.transpose(1, 2)
 
 
+FLEX_MIN_QUERIES = 128  # one query block; below it inductor picks flex decoding, which needs other shapes
+
+
 def flex_available() -> bool:
     try:
         from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
