@@ -4,7 +4,9 @@
 
 For every family x {exclusive, mixed} x {one-pass prefill, chunked prefill, decode past the window,
 left-padded batch} and each streaming backend, it reports ||patched_bf16 - ref_fp32|| / ||ref_fp32||
-over the logits of real tokens (bound: 1e-2), then does the same on SmolLM2 at 2k tokens.
+over the logits of real tokens, then does the same on SmolLM2 at 2k tokens. A case passes when that error
+is <= 1e-2, or <= 1.25x the error of the unpatched bf16 model against its own float32 self (the "floor":
+random tiny models, Gemma 3's especially, amplify bf16 rounding by themselves).
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ def rel(out: torch.Tensor, ref: torch.Tensor, real: torch.Tensor) -> float:
 @torch.no_grad()
 def check(model_fp32, plan, x, mask, backend, chunks):
     ref = reference_logits(model_fp32, plan, x, mask)
+    full_ref = model_fp32(input_ids=x, attention_mask=mask).logits
     model = model_fp32.to(torch.bfloat16)
     try:
+        floor = rel(model(input_ids=x, attention_mask=mask).logits, full_ref, mask)
         with zz.patched(model, plan, streaming_backend=backend):
             one = model(input_ids=x, attention_mask=mask).logits
             chunked, cache = run_chunks(model, x, chunks, mask=mask)
@@ -45,7 +49,9 @@ def check(model_fp32, plan, x, mask, backend, chunks):
                       if plan.modes[i] != "retrieval")
     finally:
         model.to(torch.float32)
-    return rel(one, ref, mask), rel(chunked, ref, mask), bounded
+    one, chunked = rel(one, ref, mask), rel(chunked, ref, mask)
+    good = max(one, chunked) <= max(BOUND, 1.25 * floor) and bounded
+    return one, chunked, floor, bounded, good
 
 
 def main() -> int:
@@ -68,13 +74,12 @@ def main() -> int:
             for backend in ("flex", "sdpa"):
                 for name, chunks in (("prefill+chunks", [130, 77, 1, 92]), ("decode", [40] + [1] * 260)):
                     t = time.perf_counter()
-                    one, chunked, bounded = check(model, plan, x, mask, backend, chunks)
-                    good = one <= BOUND and chunked <= BOUND and bounded
+                    one, chunked, floor, bounded, good = check(model, plan, x, mask, backend, chunks)
                     ok &= good
                     rows.append(dict(model=family, plan=kind, backend=backend, path=name, one_pass=one,
-                                     chunked=chunked, bounded=bounded, ok=good, s=time.perf_counter() - t))
+                                     chunked=chunked, floor=floor, bounded=bounded, ok=good, s=time.perf_counter() - t))
                     print(f"{family:12s} {kind:9s} {backend:5s} {name:15s} one-pass {one:.2e}  chunked {chunked:.2e}"
-                          f"  bounded {bounded}  {'ok' if good else 'FAIL'}", flush=True)
+                          f"  floor {floor:.2e}  bounded {bounded}  {'ok' if good else 'FAIL'}", flush=True)
     from zigzag_attn.models import load
 
     model, tok = load(args.smollm2 or "smollm2-135m", device="cuda")
@@ -84,13 +89,12 @@ def main() -> int:
     plan = zz.Plan.from_layers(["retrieval" if i % 2 == 0 else "streaming" for i in range(30)], sink=64, window=256,
                                model=zz.describe(model))
     for backend in ("flex", "sdpa"):
-        one, chunked, bounded = check(model, plan, x, mask, backend, [1000, 500, 300] + [1] * 248)
-        good = one <= BOUND and chunked <= BOUND and bounded
+        one, chunked, floor, bounded, good = check(model, plan, x, mask, backend, [1000, 500, 300] + [1] * 248)
         ok &= good
         rows.append(dict(model="smollm2-135m", plan="exclusive", backend=backend, path="2k prefill+chunks+decode",
-                         one_pass=one, chunked=chunked, bounded=bounded, ok=good))
+                         one_pass=one, chunked=chunked, floor=floor, bounded=bounded, ok=good))
         print(f"smollm2-135m exclusive {backend:5s} 2k             one-pass {one:.2e}  chunked {chunked:.2e}  "
-              f"bounded {bounded}  {'ok' if good else 'FAIL'}", flush=True)
+              f"floor {floor:.2e}  bounded {bounded}  {'ok' if good else 'FAIL'}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     print(f"{sum(r['ok'] for r in rows)} passed, {sum(not r['ok'] for r in rows)} failed")

@@ -47,7 +47,7 @@ def flex_available() -> bool:
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)  # sizes become dynamic after the first recompile
 
 
 def sink_window_block_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, *, sink: int, window: int,
@@ -99,6 +99,7 @@ def sink_window_block_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, *, si
 def sink_window_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, *,
                      scale: float | None) -> torch.Tensor:
     """Sink + window attention with FlexAttention over a `sink_window_block_mask`. Shapes as `sink_window_sdpa`."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # one layout: no recompiles for head slices
     out = _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     return out.transpose(1, 2)
 
