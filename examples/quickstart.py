@@ -62,7 +62,8 @@ def main() -> None:
         zz_text, zz_cache, zz_s = answer(model, tok, prompt)
     n = full_cache.get_seq_length()
     print(f"prompt: {len(tok(prompt).input_ids)} tokens, passkey {passkey} at 30% depth")
-    print(f"full attention : {full_text!r:24} {full_s:5.1f} s   KV cache {full_cache_bytes(full_cache) / 2**20:6.2f} MiB")
+    full_mib = full_cache_bytes(full_cache) / 2**20
+    print(f"full attention : {full_text!r:24} {full_s:5.1f} s   KV cache {full_mib:6.2f} MiB")
     print(f"zigzag plan    : {zz_text!r:24} {zz_s:5.1f} s   KV cache {zz_cache.nbytes() / 2**20:6.2f} MiB "
           f"(theory {plan.kv_fraction(n):.2f} of full at {n} tokens)")
     print(f"full attention found the passkey: {str(passkey) in full_text}; zigzag plan: {str(passkey) in zz_text}")

@@ -6,11 +6,12 @@ every layer is all-retrieval or all-streaming, and mixed (DuoAttention) when a l
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import jsonfile
 
 FORMAT = "zigzag-attn/plan"
 VERSION = 1
@@ -182,10 +183,7 @@ class Plan:
 
     @classmethod
     def from_json(cls, d: Any, *, source: str = "<dict>") -> Plan:
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f"{source} is not a zigzag-attn plan (no \"format\": \"{FORMAT}\" field)")
-        if d.get("version") != VERSION:
-            raise ValueError(f"{source} has plan format version {d.get('version')!r}; this zigzag-attn reads {VERSION}")
+        jsonfile.check_header(d, source, "plan", FORMAT, VERSION)
         try:
             model = ModelInfo.from_json(d["model"]) if d.get("model") else None
             return cls(tuple(d["modes"]), d["sink"], d["window"],
@@ -197,9 +195,7 @@ class Plan:
             raise ValueError(f"{source}: {e}") from None
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        return path
+        return jsonfile.write(path, self.to_json())
 
     @classmethod
     def load(cls, path_or_name: str | Path) -> Plan:
@@ -212,11 +208,7 @@ class Plan:
                 raise FileNotFoundError(f"no plan file {str(path)!r}, and no shipped plan of that name "
                                         f"(shipped: {', '.join(names) or 'none'})")
             path = shipped
-        try:
-            data = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); a plan file is written by Plan.save") from None
-        return cls.from_json(data, source=str(path))
+        return cls.from_json(jsonfile.read(path, "plan"), source=str(path))
 
     def describe(self) -> str:
         kinds = {RETRIEVAL: "R", STREAMING: "s", MIXED: "m"}

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from zigzag_attn import jsonfile
 from zigzag_attn.plan import ModelInfo
 
 FORMAT = "zigzag-attn/scores"
@@ -103,11 +104,7 @@ class Scores:
 
     @classmethod
     def from_json(cls, d: Any, *, source: str = "<dict>") -> Scores:
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f"{source} is not a zigzag-attn scores file (no \"format\": \"{FORMAT}\" field)")
-        if d.get("version") != VERSION:
-            raise ValueError(f"{source} has scores format version {d.get('version')!r}; this zigzag-attn reads "
-                             f"{VERSION}")
+        jsonfile.check_header(d, source, "scores", FORMAT, VERSION)
         try:
             model = ModelInfo.from_json(d["model"]) if d.get("model") else None
             return cls(d["heads"], d["layers"], model, d.get("method"), d.get("meta") or {})
@@ -117,20 +114,12 @@ class Scores:
             raise ValueError(f"{source}: {e}") from None
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_json()) + "\n")
-        return path
+        return jsonfile.write(path, self.to_json(), indent=None)
 
     @classmethod
     def load(cls, path: str | Path) -> Scores:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no scores file {str(path)!r}")
-        try:
-            data = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); a scores file is written by Scores.save") from None
-        return cls.from_json(data, source=str(path))
+        return cls.from_json(jsonfile.read(path, "scores"), source=str(path))
 
 
 def _as_float_tensor(x: Any, what: str) -> torch.Tensor:
