@@ -81,6 +81,7 @@ class MixedLayer(DynamicLayer):
         super().__init__()
         self.retrieval_heads, self.streaming_heads = retrieval_heads, streaming_heads
         self.full, self.stream = DynamicLayer(), SinkWindowLayer()
+        self._head_index: tuple[torch.Tensor, torch.Tensor] | None = None  # on the device of the states
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step: Step | None = None, *args, **kwargs):
         r, s = self._index(key_states.device)
@@ -90,7 +91,10 @@ class MixedLayer(DynamicLayer):
         return SplitKV(kr, ks), SplitKV(vr, vs)
 
     def _index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.tensor(self.retrieval_heads, device=device), torch.tensor(self.streaming_heads, device=device))
+        if self._head_index is None or self._head_index[0].device != device:
+            self._head_index = (torch.tensor(self.retrieval_heads, device=device),
+                                torch.tensor(self.streaming_heads, device=device))
+        return self._head_index
 
     def get_seq_length(self) -> int:
         return self.stream.seen
