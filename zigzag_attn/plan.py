@@ -42,7 +42,7 @@ class ModelInfo:
         return cls(**d)
 
 
-def _check_sink_window(sink: Any, window: Any) -> None:
+def check_sink_window(sink: Any, window: Any) -> None:
     if isinstance(sink, bool) or not isinstance(sink, int) or sink < 0:
         raise ValueError(f"sink must be an integer >= 0 (the number of first tokens every query sees); got {sink!r}")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
@@ -66,7 +66,7 @@ class Plan:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_sink_window(self.sink, self.window)
+        check_sink_window(self.sink, self.window)
         if not self.modes:
             raise ValueError("a plan needs at least one layer; got an empty list of modes")
         for i, m in enumerate(self.modes):

@@ -1,0 +1,50 @@
+"""Shipped public-domain text (six Jane Austen novels) and user text, split for calibration and evaluation."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+from collections.abc import Iterable
+from pathlib import Path
+
+TEXTS = Path(__file__).with_name("texts")
+SPLITS = {
+    "calibration": ("emma", "mansfieldpark", "prideprejudice"),
+    "evaluation": ("persuasion", "northangerabbey", "sensesensibility"),
+}
+
+
+@functools.cache
+def shipped_text(split: str) -> str:
+    """The concatenated novels of one split: "calibration" or "evaluation"."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    return "\n\n".join(gzip.decompress((TEXTS / f"{name}.txt.gz").read_bytes()).decode("utf-8")
+                       for name in SPLITS[split])
+
+
+def load_text(source: str | Path | Iterable[str | Path] | None = None, *, split: str = "calibration") -> str:
+    """Text for haystacks: the shipped `split` when `source` is None, else the user's files.
+
+    `source` may be a file, a directory (its `*.txt` files, sorted) or a list of those.
+    """
+    if source is None:
+        return shipped_text(split)
+    items = [source] if isinstance(source, (str, Path)) else list(source)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(p.glob("*.txt"))
+            if not found:
+                raise FileNotFoundError(f"{p} holds no .txt files")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"no text file or directory at {p}")
+    text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+    if len(text.split()) < 200:
+        raise ValueError(f"the text in {', '.join(map(str, files))} is too short for haystacks "
+                         f"({len(text.split())} words; need at least 200)")
+    return text

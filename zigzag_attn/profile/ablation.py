@@ -1,0 +1,29 @@
+"""`method="attention"`: training-free layer scores by ablation.
+
+Each choosable layer in turn is made streaming alone; its score is how much that raises the answer-token loss on
+the calibration samples (`measure`). One forward per layer per batch; no gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.passkey import Sample
+from ..model_info import describe
+from ..plan import RETRIEVAL, STREAMING, Plan
+from .measure import measure
+
+
+def ablation_scores(model, samples: list[Sample], *, sink: int, window: int, batch_size: int = 1,
+                    progress: bool = True) -> tuple[torch.Tensor, dict]:
+    """`[num_layers]` loss increase per layer made streaming alone (0 for native sliding layers), and metadata."""
+    info = describe(model)
+    base = measure(model, samples, batch_size=batch_size)
+    scores = torch.zeros(info.num_layers)
+    layers = [i for i in range(info.num_layers) if i not in info.native_sliding]
+    for i in tqdm(layers, desc="ablating layers", disable=not progress):
+        modes = [STREAMING if j == i else RETRIEVAL for j in range(info.num_layers)]
+        plan = Plan.from_layers(modes, sink=sink, window=window, model=info)
+        scores[i] = measure(model, samples, plan, batch_size=batch_size).loss - base.loss
+    return scores, {"full_loss": base.loss, "full_accuracy": base.accuracy}

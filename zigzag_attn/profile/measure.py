@@ -1,0 +1,82 @@
+"""Measure a plan on passkey samples: the answer-token loss and which answers the model gets right.
+
+Teacher forcing makes both one forward per batch: an answer counts as right when every one of its tokens is the
+model's argmax, which is exactly when greedy decoding would write it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.passkey import IGNORE, Sample
+from ..plan import Plan
+from ..runtime import patched
+
+
+@dataclass(frozen=True)
+class Measurement:
+    loss: float  # mean negative log-likelihood per answer token
+    correct: list[bool]  # one per answer, in sample order
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / max(1, len(self.correct))
+
+
+@torch.no_grad()
+def measure(model, samples: list[Sample], plan: Plan | None = None, *, batch_size: int = 1,
+            **patch_options) -> Measurement:
+    """Answer loss and per-answer correctness of `model` (patched with `plan` for the call, if given).
+
+    patch_options: passed to `zigzag_attn.patch` (e.g. `streaming_backend="sdpa"`).
+    """
+    if plan is None:
+        return _measure(model, samples, batch_size)
+    with patched(model, plan, **patch_options):
+        return _measure(model, samples, batch_size)
+
+
+def _measure(model, samples: list[Sample], batch_size: int) -> Measurement:
+    device = next(model.parameters()).device
+    total, count, correct = 0.0, 0, []
+    for i in range(0, len(samples), batch_size):
+        ids, labels, mask = batch(samples[i:i + batch_size], device)
+        keep = ids.shape[1] - int((labels != IGNORE).float().argmax(1).min()) + 1  # logits from the first answer on
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits.float()
+        target = labels[:, -keep + 1:]
+        logits = logits[:, :-1]
+        valid = target != IGNORE
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp_min(0), reduction="none")
+        total += float(nll[valid].sum())
+        count += int(valid.sum())
+        hit = (logits.argmax(-1) == target) | ~valid
+        for row in range(ids.shape[0]):
+            correct += _answers_right(valid[row], hit[row])
+    return Measurement(total / max(1, count), correct)
+
+
+def batch(samples: list[Sample], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded `(input_ids, labels, attention_mask)`, each `(batch, seq)`."""
+    n = max(len(s) for s in samples)
+    ids = torch.zeros(len(samples), n, dtype=torch.long)
+    labels = torch.full((len(samples), n), IGNORE, dtype=torch.long)
+    mask = torch.zeros(len(samples), n, dtype=torch.long)
+    for r, s in enumerate(samples):
+        ids[r, n - len(s):], labels[r, n - len(s):], mask[r, n - len(s):] = s.input_ids, s.labels, 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def _answers_right(valid: torch.Tensor, hit: torch.Tensor) -> list[bool]:
+    """Split the labelled positions into answers (contiguous runs) and check each."""
+    out, run = [], None
+    for v, h in zip(valid.tolist(), hit.tolist(), strict=True):
+        if v:
+            run = h if run is None else (run and h)
+        elif run is not None:
+            out.append(run)
+            run = None
+    if run is not None:
+        out.append(run)
+    return out
