@@ -7,7 +7,8 @@ Steps (each writes DIR/results.json as it finishes, so a cut-off run still leave
      from the calibration novels: time, loss curves, a layers x heads heatmap;
   2. the training-free ablation ("attention") on 4k prompts;
   3. measured greedy elimination (refine) from full attention, on the same 4k prompts;
-  4. passkey accuracy on the *evaluation* novels at each length, for full attention, all-streaming, every method's
+  4. passkey and NIAH accuracy on the *evaluation* novels at each length (NIAH over a depth grid), for full
+     attention, all-streaming, every method's
      plan at 50%, 33% and 25% retrieval layers, DuoAttention-style head plans at the same KV budget, and random
      layer sets.
 """
@@ -24,14 +25,16 @@ import torch
 
 import zigzag_attn as zz
 from zigzag_attn.data import passkey_samples
+from zigzag_attn.eval.tasks import niah
 from zigzag_attn.models import load
 from zigzag_attn.plan import RETRIEVAL, STREAMING
 from zigzag_attn.profile import measure, profile, refine
 
-SMOKE = dict(gate_len=256, gate_n=2, gate_steps=3, calib_len=256, calib_n=2, lengths=(256, 384), eval_n=4,
-             randoms=2, sink=4, window=32, batch=2, cpu_len=256)
-FULL = dict(gate_len=8192, gate_n=8, gate_steps=150, calib_len=4096, calib_n=4, lengths=(2048, 4096, 8192),
-            eval_n=32, randoms=10, sink=64, window=256, batch=8, cpu_len=1024)
+SMOKE = dict(gate_len=256, gate_n=2, gate_steps=3, calib_len=256, calib_n=2, lengths=(256, 384), passkey_n=2,
+             niah_depths=2, niah_n=1, randoms=2, sink=4, window=32, batch=2, cpu_len=256, candidates=2)
+FULL = dict(gate_len=8192, gate_n=8, gate_steps=120, calib_len=4096, calib_n=4, lengths=(2048, 4096, 8000),
+            passkey_n=16, niah_depths=10, niah_n=2, randoms=10, sink=64, window=256, batch=8, cpu_len=1024,
+            candidates=None)
 
 
 def main() -> None:
@@ -47,10 +50,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.backends.cuda.matmul.allow_tf32 = True
-    model, tok = load(args.model, device=args.device)
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    model, tok = load(args.model, device=args.device, dtype=dtype)
     info = zz.describe(model)
     res = {"config": cfg, "model": info.to_json(), "device": torch.cuda.get_device_name() if args.device == "cuda"
-           else "cpu", "torch": torch.__version__, "steps": {}, "eval": []}
+           else "cpu", "torch": torch.__version__, "dtype": str(dtype), "steps": {}, "eval": []}
 
     def save() -> None:
         res["elapsed_s"] = round(time.perf_counter() - t0, 1)
@@ -84,7 +88,8 @@ def main() -> None:
     ks = sorted({round(r * n) for r in (0.5, 1 / 3, 0.25)}, reverse=True)
     start = time.perf_counter()
     greedy = refine(zz.Plan.from_layers([RETRIEVAL] * info.num_layers, sink=sink, window=window, model=info),
-                    model, calib, retrieval_layers=min(ks), batch_size=cfg["batch"])
+                    model, calib, retrieval_layers=min(ks), batch_size=cfg["batch"], scores=scores["attention"].layers,
+                    candidates=cfg["candidates"])
     order = [h["streaming"] for h in greedy.provenance["refine"]["history"]]
     res["steps"]["greedy"] = {"seconds": round(time.perf_counter() - start, 1), "order": order,
                               "history": greedy.provenance["refine"]["history"]}
@@ -114,20 +119,26 @@ def main() -> None:
                                                                        "random")))
     res["policies"] = {name: (plan.to_json() if plan else None) for name, _, plan in policies}
     save()
-    eval_sets = {L: passkey_samples(tok, n=cfg["eval_n"], length=L, keys=1, split="evaluation", seed=100 + L)
-                 for L in cfg["lengths"]}
+    depths = [i / max(1, cfg["niah_depths"] - 1) for i in range(cfg["niah_depths"])]
+    eval_sets = {}
+    for L in cfg["lengths"]:
+        eval_sets[f"passkey@{L}"] = passkey_samples(tok, n=cfg["passkey_n"], length=L, keys=1, split="evaluation",
+                                                    seed=100 + L)
+        eval_sets[f"niah@{L}"] = [s for i, d in enumerate(depths) for s in niah(tok, L, depth=d, n=cfg["niah_n"],
+                                                                               seed=1000 * L + i)]
     for name, family, plan in policies:
         if time.perf_counter() - t0 > args.budget_s:
             print(f"time budget reached; skipping from {name}", flush=True)
             break
         row = {"policy": name, "family": family}
-        for L, data in eval_sets.items():
+        for key, data in eval_sets.items():
             m = measure(model, data, plan, batch_size=cfg["batch"], streaming_backend="sdpa")
-            row[str(L)] = {"accuracy": m.accuracy, "loss": round(m.loss, 4), "n": len(m.correct),
-                           "kv_fraction": plan.kv_fraction(L) if plan else 1.0}
+            L = int(key.split("@")[1])
+            row[key] = {"accuracy": m.accuracy, "loss": round(m.loss, 4), "n": len(m.correct),
+                        "correct": [int(c) for c in m.correct], "kv_fraction": plan.kv_fraction(L) if plan else 1.0}
         res["eval"].append(row)
         save()
-        print(name, " ".join(f"{L}:{row[str(L)]['accuracy']:.3f}" for L in eval_sets), flush=True)
+        print(f"{name:24}", " ".join(f"{k}:{row[k]['accuracy']:.2f}" for k in eval_sets), flush=True)
     save()
     print(f"done in {res['elapsed_s']} s", flush=True)
 

@@ -25,7 +25,9 @@ class Scores:
     Args:
         heads: `[num_layers, num_kv_heads]` array-like or tensor; stored as a float32 CPU tensor (a copy).
         layers: `[num_layers]` layer importance. If omitted it is derived from `heads` by `aggregate` over the
-            KV-head axis: "mean" (default), "max" or "sum".
+            KV-head axis: "mean" (default), "max" or "sum". Measured on SmolLM2 (docs/results.md), the mean of
+            per-head gates hides a layer with a single retrieval head and the max ties at 1.0; `profile` therefore
+            gives layer scores measured per layer (one gate per layer, or ablation of whole layers).
         model: the `ModelInfo` the scores were measured on; its layer and KV-head counts must match `heads`.
         method: how the scores were obtained, e.g. "gates", "attention", "measured".
         meta: free JSON-able dict (loss curve, timing, ...). Only JSON-native values round-trip exactly

@@ -1,7 +1,7 @@
 """`profile`: score how retrieval-critical each layer (and KV head) of a model is.
 
 Methods:
-  * "gates"     - DuoAttention-style: one trainable gate per KV head (or per layer) mixes full and streaming
+  * "gates"     - DuoAttention-style: one trainable gate per layer (or per KV head) mixes full and streaming
                   attention; distilled against the frozen full-attention model on passkey data (`gates.py`).
   * "attention" - training-free ablation: each layer made streaming alone; the rise in answer loss (`ablation.py`).
 Then `zz.solve` turns the scores into a plan and `zz.refine` can improve it by measurement (`refine.py`).
@@ -31,7 +31,9 @@ def profile(model, tokenizer=None, *, method: str = "attention", data: list[Samp
 
     data: calibration samples (`zigzag_attn.data.passkey_samples`); by default `samples` prompts of `length`
         tokens with `keys` passkeys each, built with `tokenizer` from `text` or the shipped calibration novels.
-    gate_options: passed to `gates.train_gates` (steps, lr, granularity, ...), method="gates" only.
+    gate_options: passed to `gates.train_gates` (steps, lr, granularity, ...), method="gates" only. The default
+        granularity here is "layer" (one gate per layer): for layer-exclusive plans it ranked layers far better than
+        per-head gates averaged over a layer (docs/results.md). Use granularity="head" for `solve_heads`.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -55,6 +57,7 @@ def profile(model, tokenizer=None, *, method: str = "attention", data: list[Samp
     else:
         from .gates import train_gates
 
+        gate_options.setdefault("granularity", "layer")  # per-layer gates rank layers best (docs/results.md)
         heads, layers, extra = train_gates(model, data, sink=sink, window=window, seed=seed, progress=progress,
                                            **gate_options)
     meta.update(extra, seconds=round(time.perf_counter() - start, 1))

@@ -28,6 +28,9 @@ def sink_window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_po
     `masked=False` skips the mask when every visible key is allowed (aligned decode).
     """
     mask = sink_window_mask(query_pos, key_pos, sink, window) if masked else None
+    group = q.shape[1] // k.shape[1]
+    if q.is_cuda and mask is not None and group > 1:  # with a mask, CUDA SDPA takes GQA only in its O(seq^2) math path
+        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     return out.transpose(1, 2)
 

@@ -1,0 +1,284 @@
+"""`zigzag-attn eval ...`: NIAH, passkey, RULER-style tasks, perplexity, and a multi-task comparison.
+
+`add_parser(subparsers)` registers the `eval` command on a parent CLI and `run(args)` executes it; standalone:
+`python -m zigzag_attn.eval.cli niah MODEL --plan plan.json --lengths 2048,4096 --png heatmap.png`.
+Bad arguments end in one argparse `error:` line (exit status 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..data.texts import load_text
+from ..plan import Plan
+from ..scores import Scores
+from .policies import FULL, PLAN, STREAMING_FAMILY, Policy, all_streaming, policies
+from .run import evaluate
+from .tasks import TASKS
+
+RULER_TASKS = ("multikey", "multivalue", "vartrack", "commonwords")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `eval` with its sub-commands niah, passkey, ruler, ppl, compare on `subparsers`."""
+    p = subparsers.add_parser("eval", help="evaluate plans: NIAH, passkey, RULER-style tasks, perplexity",
+                              description="Evaluate attention plans against full attention, all-streaming "
+                                          "(StreamingLLM), random layer sets and DuoAttention-style head plans.")
+    sub = p.add_subparsers(dest="eval_command", metavar="{niah,passkey,ruler,ppl,compare}")
+    p.set_defaults(func=run, eval_parser=p)
+
+    niah = _task_parser(sub, "niah", "needle in a haystack: accuracy by needle depth and context length")
+    passkey = _task_parser(sub, "passkey", "passkey retrieval (one 5-digit pass key) by depth and context length")
+    for sp in (niah, passkey):
+        sp.add_argument("--depths", type=_positive, default=10, help="needle depths evenly spaced over 0..100%% "
+                                                                    "(default 10)")
+        sp.add_argument("--png", help="write the depth x length accuracy heatmap here")
+        sp.add_argument("--budget-png", help="write the accuracy vs KV budget plot here")
+
+    ruler = _task_parser(sub, "ruler", "RULER-style tasks: multi-key / multi-value NIAH, variable tracking, "
+                                       "common words")
+    ruler.add_argument("--task", choices=RULER_TASKS, default="multikey", help="which task (default multikey)")
+    ruler.add_argument("--png", help="write the accuracy vs KV budget plot here")
+
+    compare = _task_parser(sub, "compare", "every policy family on several tasks; DuoAttention baseline included")
+    compare.add_argument("--tasks", type=_tasks, default=["niah", *RULER_TASKS],
+                         help=f"comma-separated tasks out of {','.join(TASKS)} (default niah,{','.join(RULER_TASKS)})")
+    compare.add_argument("--depths", type=_positive, default=5, help="needle depths for niah/passkey (default 5)")
+    compare.add_argument("--png", help="write the accuracy vs KV budget plot (mean over tasks and lengths) here")
+    compare.add_argument("--heatmap-png", help="write the niah/passkey heatmap here")
+    compare.add_argument("--no-duo", action="store_true", help="leave out the DuoAttention-style head plans")
+
+    ppl = sub.add_parser("ppl", help="perplexity over long documents, fed in chunks with a bounded cache",
+                         description="Perplexity of full attention and each plan over long documents.")
+    _model_args(ppl)
+    ppl.add_argument("--plan", action="append", default=[], metavar="PLAN", help="plan file or shipped name "
+                                                                                  "(repeatable)")
+    ppl.add_argument("--streaming", action="store_true", help="also every layer streaming (StreamingLLM)")
+    ppl.add_argument("--sink", type=_non_negative, help="sink tokens for --streaming (default: the first plan's)")
+    ppl.add_argument("--window", type=_positive, help="window for --streaming (default: the first plan's)")
+    ppl.add_argument("--text", nargs="+", metavar="FILE", help="text files or directories of .txt files, one "
+                                                               "document each (default: the evaluation novels)")
+    ppl.add_argument("--chunk", type=_positive, default=512, help="tokens per forward (default 512)")
+    ppl.add_argument("--max-tokens", type=_positive, default=8192, help="tokens per document (default 8192)")
+    ppl.add_argument("--json", help="write the results here")
+    ppl.set_defaults(eval_parser=ppl)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute a parsed `eval` command; returns the exit status."""
+    if getattr(args, "eval_command", None) is None:
+        args.eval_parser.print_help()
+        return 2
+    parser = args.eval_parser
+    try:
+        plans = _plans(args.plan)
+        for out in ("json", "png", "budget_png", "heatmap_png"):
+            _check_out(getattr(args, out, None), "--" + out.replace("_", "-"))
+        if args.eval_command == "ppl":
+            from .ppl import documents
+
+            texts = documents(args.text)
+        else:
+            scores = Scores.load(args.scores) if args.scores else None
+            text = load_text(args.text) if args.text else None
+            if args.random and args.ratio is None and not plans:
+                raise ValueError("--random needs --ratio (the share of layers kept retrieval) or a --plan to copy "
+                                 "it from")
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    model, tokenizer = _load(args, parser)
+    if args.eval_command == "ppl":
+        return _ppl(args, parser, model, tokenizer, plans, texts)
+    tasks = {"niah": ["niah"], "passkey": ["passkey"], "ruler": [getattr(args, "task", None)]}.get(
+        args.eval_command) or args.tasks
+    duo = args.duo or (args.eval_command == "compare" and not args.no_duo)
+    try:
+        pols = policies(model, plans, n_random=args.random, ratio=args.ratio, duo_scores=scores, with_duo=duo,
+                        context_length=max(args.lengths), seed=args.seed, sink=args.sink, window=args.window)
+        if duo:
+            missing = [n for n in plans if f"duo@{n}" not in {p.name for p in pols}]
+            for n in missing:
+                print(f"note: no DuoAttention baseline for plan {n!r}: give --scores (head scores), or use a plan "
+                      "made by zz.solve (it records layer_scores)", file=sys.stderr)
+        results = evaluate(model, tokenizer, pols, task=tasks, lengths=args.lengths, depths=args.depths
+                           if hasattr(args, "depths") else 1, samples_per_cell=args.samples,
+                           batch_size=args.batch_size, seed=args.seed, text=text, progress=not args.quiet)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    print(results.table())
+    written = []
+    if args.json:
+        written.append(results.save(args.json))
+    from . import plots
+
+    heat = args.png if args.eval_command in ("niah", "passkey") else getattr(args, "heatmap_png", None)
+    budget = args.png if args.eval_command in ("ruler", "compare") else getattr(args, "budget_png", None)
+    if heat:
+        written.append(plots.heatmap(results, heat))
+    if budget:
+        written.append(plots.budget_plot(results, budget))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point: `python -m zigzag_attn.eval.cli [eval] COMMAND ...`."""
+    parser = argparse.ArgumentParser(prog="zigzag-attn")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("eval", "-h", "--help"):
+        argv = ["eval", *argv]
+    return run(parser.parse_args(argv))
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------------
+def _task_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    sp = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+    _model_args(sp)
+    sp.add_argument("--plan", action="append", default=[], metavar="PLAN",
+                    help="plan file or shipped plan name (repeatable); full and all-streaming always run")
+    sp.add_argument("--lengths", type=_lengths, default=[2048, 4096, 8000],
+                    help="comma-separated prompt lengths in tokens (default 2048,4096,8000)")
+    sp.add_argument("--samples", type=_positive, default=2, help="prompts per cell (default 2)")
+    sp.add_argument("--random", type=_non_negative, default=0, metavar="N",
+                    help="also N random layer-exclusive plans")
+    sp.add_argument("--ratio", type=_ratio, help="share of layers the random plans keep retrieval "
+                                                 "(default: the first plan's)")
+    sp.add_argument("--duo", action="store_true", help="also a DuoAttention-style head plan at each plan's KV budget")
+    sp.add_argument("--scores", help="head scores (a zigzag-attn scores file) for the DuoAttention plans")
+    sp.add_argument("--sink", type=_non_negative, help="sink tokens of the streaming/random plans "
+                                                       "(default: the first plan's, else 64)")
+    sp.add_argument("--window", type=_positive, help="window of the streaming/random plans "
+                                                     "(default: the first plan's, else 256)")
+    sp.add_argument("--text", nargs="+", metavar="FILE", help="haystack text files or directories (default: the "
+                                                              "held-out evaluation novels)")
+    sp.add_argument("--batch-size", type=_positive, default=1, help="prompts per forward (default 1)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the prompts and random plans (default 0)")
+    sp.add_argument("--json", help="write all result rows here")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp.set_defaults(eval_parser=sp)
+    return sp
+
+
+def _model_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("model", metavar="MODEL", help="local model directory, .gguf file, or alias (smollm2-135m)")
+    sp.add_argument("--device", help="torch device, e.g. cuda or cpu (default: where the model loads, cpu)")
+    sp.add_argument("--dtype", choices=DTYPES, default="float32", help="weights dtype (default float32)")
+
+
+def _load(args, parser):
+    import torch
+
+    from ..models import load
+
+    try:
+        return load(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    except (FileNotFoundError, ModuleNotFoundError, OSError, ValueError, RuntimeError) as e:
+        parser.error(f"cannot load model {args.model!r}: {e}")
+
+
+def _ppl(args, parser, model, tokenizer, plans: dict[str, Plan], texts: list[str]) -> int:
+    from .. import jsonfile
+    from ..model_info import describe
+    from .ppl import ppl
+
+    first = next(iter(plans.values()), None)
+    pols = [Policy("full", FULL, None)] + [Policy(n, PLAN, p) for n, p in plans.items()]
+    try:
+        if args.streaming:
+            sink = args.sink if args.sink is not None else first.sink if first else 64
+            window = args.window if args.window is not None else first.window if first else 256
+            pols.insert(1, all_streaming(describe(model), sink=sink, window=window))
+        for p in pols:
+            if p.plan is not None:
+                p.plan.check_model(describe(model))
+        rows = []
+        for p in pols:
+            r = ppl(model, tokenizer, p.plan, texts, chunk=args.chunk, max_tokens=args.max_tokens, progress=True)
+            kv = 1.0 if p.plan is None else p.plan.kv_fraction(args.max_tokens)
+            rows.append({"policy": p.name, "family": p.family, "ppl": r.ppl, "nll": r.nll, "tokens": r.tokens,
+                         "documents": r.documents, "kv_fraction": kv, "max_cache_tokens": max(r.cache_tokens)})
+    except ValueError as e:
+        parser.error(str(e))
+    width = max(len(r["policy"]) for r in rows)
+    print(f"perplexity over {rows[0]['documents']} documents, {rows[0]['tokens']} predicted tokens "
+          f"(chunks of {args.chunk}, at most {args.max_tokens} tokens each)")
+    print(f"{'policy'.ljust(width)}  {'family':<9}  {'ppl':>9}  {'nll':>7}  KV@{args.max_tokens}  "
+          "cache tokens (max layer)")
+    for r in rows:
+        print(f"{r['policy'].ljust(width)}  {r['family']:<9}  {r['ppl']:>9.3f}  {r['nll']:>7.4f}  "
+              f"{r['kv_fraction']:>{len(str(args.max_tokens)) + 3}.3f}  {r['max_cache_tokens']}")
+    if args.json:
+        print(f"wrote {jsonfile.write(args.json, {'format': 'zigzag-attn/ppl', 'version': 1, 'rows': rows})}")
+    return 0
+
+
+def _plans(paths: list[str]) -> dict[str, Plan]:
+    out: dict[str, Plan] = {}
+    for path in paths:
+        name = Path(path).stem if Path(path).suffix == ".json" else str(path)
+        while name in out or name in (FULL, STREAMING_FAMILY):
+            name += "'"
+        out[name] = Plan.load(path)
+    return out
+
+
+def _check_out(path: str | None, flag: str) -> None:
+    if path and not Path(path).resolve().parent.is_dir():
+        raise ValueError(f"{flag} {path}: the directory {Path(path).resolve().parent} does not exist")
+
+
+def _lengths(s: str) -> list[int]:
+    try:
+        out = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        out = []
+    if not out or any(n < 64 for n in out):
+        raise argparse.ArgumentTypeError(f"expected comma-separated token counts >= 64 such as 2048,4096,8000; "
+                                         f"got {s!r}")
+    return sorted(set(out))
+
+
+def _tasks(s: str) -> list[str]:
+    out = [x.strip() for x in s.split(",") if x.strip()]
+    bad = [x for x in out if x not in TASKS]
+    if not out or bad:
+        raise argparse.ArgumentTypeError(f"expected comma-separated tasks out of {', '.join(TASKS)}; got {s!r}")
+    return out
+
+
+def _positive(s: str) -> int:
+    return _int(s, 1)
+
+
+def _non_negative(s: str) -> int:
+    return _int(s, 0)
+
+
+def _int(s: str, lo: int) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        v = lo - 1
+    if v < lo:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {lo}; got {s!r}")
+    return v
+
+
+def _ratio(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1]; got {s!r}")
+    return v
+
+
+if __name__ == "__main__":
+    sys.exit(main())

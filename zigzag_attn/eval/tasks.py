@@ -1,0 +1,315 @@
+"""Evaluation tasks: NIAH, passkey and RULER-style prompts, each a `Sample` scored by one teacher-forced forward.
+
+Every generator is deterministic given `seed` and returns `n` prompts of about `length` tokens. The answer is
+written after the question and only its tokens carry labels (the rest is -100), so an answer counts as right
+exactly when greedy decoding would write it. Answers that list several items ("a, b, c.") label each item on its
+own, so `measure` scores every item separately; the order is fixed and stated in the question.
+
+The needle wording ("special magic number", RULER's) differs from the calibration passkeys ("pass key"), and the
+haystack defaults to the held-out evaluation novels, so a plan is not evaluated on what it was profiled on.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+
+import torch
+
+from ..data.passkey import IGNORE, Sample, boundary, haystack, passkey_samples
+from ..data.texts import load_text
+
+ADJECTIVES = ("amber", "brisk", "calm", "dusty", "eager", "faint", "gentle", "hollow", "icy", "jolly", "keen", "lucky",
+              "mellow", "noble", "odd", "proud", "quiet", "rapid", "shy", "tidy", "vast", "witty", "young", "zesty")
+NOUNS = ("falcon", "meadow", "compass", "glacier", "harp", "island", "jasmine", "kettle", "lighthouse", "marble",
+         "nectar", "otter", "pepper", "quarry", "saddle", "tulip", "umbrella", "valley", "walrus", "yacht", "anchor",
+         "beacon", "canyon", "dolphin")
+MAGIC_INTRO = ("Some special magic numbers are hidden within the following text. Make sure to memorize them; "
+               "I will quiz you about the numbers afterwards.\n\n")
+VAR_INTRO = "Memorize and track the chains of variable assignments hidden in the following text.\n\n"
+WORDS_INTRO = "Below is a list of words, one per line. Some of the words appear many times.\n\n"
+SEPARATOR = ", "
+
+
+def niah(tokenizer, length: int, depth: float = 0.5, n: int = 1, seed: int = 0, text: str | None = None
+         ) -> list[Sample]:
+    """Needle in a haystack: one "special magic number" (7 digits) at `depth` (0 = start, 1 = end of the haystack).
+
+    Question at the end; the teacher-forced answer is the number.
+    """
+    _check_depth(depth)
+    text, rng = _text(text), random.Random(seed)
+    out = []
+    for _ in range(_count(n)):
+        key, value = rng.choice(_keys()), _number(rng)
+        question = (f"\nQuestion: What is the special magic number for {key} mentioned in the provided text? "
+                    f"Answer: The special magic number for {key} mentioned in the provided text is")
+        out.append(_needle_prompt(tokenizer, text, length, rng, [(depth, _magic(key, value))], question, [value],
+                                  [depth], MAGIC_INTRO))
+    return out
+
+
+def passkey(tokenizer, length: int, depth: float | None = None, n: int = 1, seed: int = 0, text: str | None = None
+            ) -> list[Sample]:
+    """The classic passkey test: one 5-digit pass key (the calibration wording) on the evaluation split."""
+    if depth is not None:
+        _check_depth(depth)
+    return passkey_samples(tokenizer, n=_count(n), length=length, keys=1, text=text, split="evaluation", seed=seed,
+                           depths=None if depth is None else [depth])
+
+
+def multikey_niah(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | None = None, keys: int = 4
+                  ) -> list[Sample]:
+    """RULER multi-key NIAH: `keys` needles with distinct keys at random depths; the question asks for one."""
+    if not 1 <= keys <= len(_keys()):
+        raise ValueError(f"keys must be in [1, {len(_keys())}]; got {keys!r}")
+    text, rng = _text(text), random.Random(seed)
+    out = []
+    for _ in range(_count(n)):
+        names = rng.sample(_keys(), keys)
+        values = _distinct_numbers(rng, keys)
+        depths = [rng.uniform(0.05, 0.95) for _ in names]
+        ask = rng.randrange(keys)
+        question = (f"\nQuestion: What is the special magic number for {names[ask]} mentioned in the provided text? "
+                    f"Answer: The special magic number for {names[ask]} mentioned in the provided text is")
+        needles = [(d, _magic(k, v)) for d, k, v in zip(depths, names, values, strict=True)]
+        out.append(_needle_prompt(tokenizer, text, length, rng, needles, question, [values[ask]], [depths[ask]],
+                                  MAGIC_INTRO))
+    return out
+
+
+def multivalue(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | None = None, values: int = 4
+               ) -> list[Sample]:
+    """RULER multi-value NIAH: one key with `values` numbers at random depths; the answer lists them all, in order."""
+    if values < 1:
+        raise ValueError(f"values must be >= 1; got {values!r}")
+    text, rng = _text(text), random.Random(seed)
+    out = []
+    for _ in range(_count(n)):
+        key = rng.choice(_keys())
+        nums = _distinct_numbers(rng, values)
+        depths = sorted(rng.uniform(0.05, 0.95) for _ in nums)
+        question = (f"\nQuestion: What are all the special magic numbers for {key} mentioned in the provided text, "
+                    f"in the order they appear? Answer: The special magic numbers for {key} mentioned in the "
+                    "provided text are")
+        needles = [(d, _magic(key, v)) for d, v in zip(depths, nums, strict=True)]
+        out.append(_needle_prompt(tokenizer, text, length, rng, needles, question, nums, depths, MAGIC_INTRO))
+    return out
+
+
+def variable_tracking(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | None = None, hops: int = 4,
+                      chains: int = 2) -> list[Sample]:
+    """RULER variable tracking: `chains` chains "VAR A = 12345." then "VAR B = VAR A." ... (`hops` links each).
+
+    The statements of a chain appear in order at random depths, the chains interleaved. The question asks which
+    variables are assigned the first chain's value; the answer lists its `hops + 1` names in assignment order.
+    """
+    if hops < 0 or chains < 1:
+        raise ValueError(f"need hops >= 0 and chains >= 1; got hops={hops!r}, chains={chains!r}")
+    text, rng = _text(text), random.Random(seed)
+    out = []
+    for _ in range(_count(n)):
+        names = _distinct_names(rng, chains * (hops + 1))
+        values = _distinct_numbers(rng, chains, digits=5)
+        needles, asked = [], []
+        for c in range(chains):
+            chain = names[c * (hops + 1):(c + 1) * (hops + 1)]
+            depths = sorted(rng.uniform(0.05, 0.95) for _ in chain)
+            needles.append((depths[0], f" VAR {chain[0]} = {values[c]}. "))
+            needles += [(d, f" VAR {b} = VAR {a}. ") for d, a, b in zip(depths[1:], chain[:-1], chain[1:], strict=True)]
+            if c == 0:
+                asked = (chain, depths)
+        question = (f"\nQuestion: Find all variables that are assigned the value {values[0]} in the text above, in "
+                    f"the order they are assigned. Answer: The variables assigned the value {values[0]} are")
+        out.append(_needle_prompt(tokenizer, text, length, rng, needles, question, asked[0], asked[1], VAR_INTRO))
+    return out
+
+
+def common_words(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | None = None, top: int = 3
+                 ) -> list[Sample]:
+    """RULER common-words extraction: a list of words where `top` words appear many times (10, 8, 6, ... times)
+    and the rest 1-3 times; the answer lists the `top` most common words, most frequent first.
+
+    Words are drawn from `text` (default: the evaluation novels); the list replaces the haystack.
+    """
+    if top < 1:
+        raise ValueError(f"top must be >= 1; got {top!r}")
+    _check_tokenizer(tokenizer)
+    _check_length(length)
+    pool = sorted({w for w in re.findall(r"[a-z]+", _text(text).lower()) if 4 <= len(w) <= 12})
+    rng = random.Random(seed)
+    question = (f"\nQuestion: What are the {top} most common words in the list above, most frequent first? "
+                f"Answer: The {top} most common words in the list are")
+    out = []
+    for _ in range(_count(n)):
+        words = rng.sample(pool, len(pool))
+        common = words[:top]
+        budget = length - _overhead(tokenizer, WORDS_INTRO, [], question, common)
+        order = _word_list(tokenizer, common, iter(words[top:]), budget, rng)
+        out.append(_labelled(tokenizer, WORDS_INTRO + "\n".join(order) + "\n" + question, common, ()))
+    return out
+
+
+def _word_list(tok, common: list[str], fillers, budget: int, rng: random.Random) -> list[str]:
+    """Shuffled list: `common[i]` `6 + 2 * (len(common) - 1 - i)` times, fillers 1-3 times each, filled to just
+    under `budget` tokens (joined by newlines)."""
+    order = [w for i, w in enumerate(common) for _ in range(6 + 2 * (len(common) - 1 - i))]
+    rng.shuffle(order)
+    if len(_ids(tok, "\n".join(order))) > budget:
+        raise ValueError(f"length is too small for a list of {len(common)} common words")
+    for _ in range(50):  # grow from below: each round adds ~90% of the words that still fit
+        size = len(_ids(tok, "\n".join(order)))
+        per = size / len(order)  # tokens per entry
+        if budget - size < 2 * per + 2:
+            break
+        for _ in range(max(1, int(0.9 * (budget - size) / per / 2))):  # a filler appears twice on average
+            word = next(fillers, None)
+            if word is None:
+                raise ValueError(f"the text has too few distinct words for a {budget}-token word list")
+            for _ in range(rng.randint(1, 3)):
+                order.insert(rng.randrange(len(order) + 1), word)
+    while True:  # drop filler entries from the end (never a common word) until the list fits
+        extra = len(_ids(tok, "\n".join(order))) - budget
+        if extra <= 0:
+            return order
+        cut = set([i for i in range(len(order) - 1, -1, -1) if order[i] not in common][:int(extra / per) + 1])
+        order = [w for i, w in enumerate(order) if i not in cut]
+
+
+TASKS = {"niah": niah, "passkey": passkey, "multikey": multikey_niah, "multivalue": multivalue,
+         "vartrack": variable_tracking, "commonwords": common_words}
+DEPTH_TASKS = ("niah", "passkey")  # tasks whose needle sits at a chosen depth; the others place it at random
+
+
+def make(task: str, tokenizer, length: int, *, depth: float | None = None, n: int = 1, seed: int = 0,
+         text: str | None = None) -> list[Sample]:
+    """`n` samples of `task` (a key of `TASKS`); `depth` only for `DEPTH_TASKS`."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if task in DEPTH_TASKS:
+        return TASKS[task](tokenizer, length, depth=0.5 if depth is None else depth, n=n, seed=seed, text=text)
+    return TASKS[task](tokenizer, length, n=n, seed=seed, text=text)
+
+
+# -- prompt assembly ------------------------------------------------------------------------------------------------
+def _needle_prompt(tok, text: str, length: int, rng: random.Random, needles: Sequence[tuple[float, str]],
+                   question: str, items: Sequence[str], depths: Sequence[float], intro: str) -> Sample:
+    """Haystack of about `length` tokens with each needle `(depth, sentence)` at a sentence end near its depth."""
+    _check_tokenizer(tok)
+    _check_length(length)
+    budget = length - _overhead(tok, intro, [s for _, s in needles], question, items)
+    if budget < 16:
+        raise ValueError(f"length {length} is too small: the needles and question alone take "
+                         f"{length - budget} tokens")
+    hay = haystack(tok, text, budget, rng)
+    body, cursor = [], 0
+    for d, sentence in sorted(needles, key=lambda x: x[0]):
+        cut = cursor if d <= 0 else boundary(hay, int(d * len(hay)), cursor)
+        body += [hay[cursor:cut], sentence]
+        cursor = cut
+    body.append(hay[cursor:])
+    return _labelled(tok, intro + "".join(body).strip() + "\n" + question, items, depths)
+
+
+def _labelled(tok, prompt: str, items: Sequence[str], depths: Sequence[float]) -> Sample:
+    """`prompt` + " item1, item2." with labels on the tokens of each item (not the spaces, commas or period).
+
+    If the tokenizer merges a separator into an item's token (so two items' labels touch), the whole list is
+    labelled as one answer instead.
+    """
+    spans = []
+    for i, item in enumerate(items):
+        prompt += (" " if i == 0 else SEPARATOR)
+        spans.append((len(prompt), len(prompt) + len(item)))
+        prompt += item
+    prompt += "."
+    ids, labels = _label(tok, prompt, spans)
+    if _runs(labels) != len(items):
+        ids, labels = _label(tok, prompt, [(spans[0][0], spans[-1][1])])
+        return Sample(ids, labels, (SEPARATOR.join(items),), tuple(depths))
+    return Sample(ids, labels, tuple(items), tuple(depths))
+
+
+def _label(tok, prompt: str, spans: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, labels)`, each `(seq,)` long; labels are the ids of tokens overlapping a span, else -100."""
+    enc = tok(prompt, return_offsets_mapping=True)
+    ids = torch.tensor(enc.input_ids, dtype=torch.long)
+    labels = torch.full_like(ids, IGNORE)
+    for i, (s, e) in enumerate(enc.offset_mapping):
+        if e > s and any(s < b and e > a for a, b in spans):
+            labels[i] = ids[i]
+    return ids, labels
+
+
+def _runs(labels: torch.Tensor) -> int:
+    """Number of contiguous runs of labelled positions (how `measure` splits answers)."""
+    on = (labels != IGNORE).int()
+    return int((on[1:] > on[:-1]).sum()) + int(on[0]) if len(on) else 0
+
+
+def _overhead(tok, intro: str, needles: Sequence[str], question: str, items: Sequence[str]) -> int:
+    """Tokens taken by everything but the haystack (a few spare for joins)."""
+    special = len(tok("a").input_ids) - len(_ids(tok, "a"))
+    answer = " " + SEPARATOR.join(items) + "."
+    return len(_ids(tok, intro)) + sum(len(_ids(tok, s)) for s in needles) + len(_ids(tok, question + answer)) \
+        + special + 4
+
+
+def _ids(tok, s: str) -> list[int]:
+    return tok(s, add_special_tokens=False).input_ids if s else []
+
+
+def _magic(key: str, value: str) -> str:
+    return f" One of the special magic numbers for {key} is: {value}. "
+
+
+def _keys() -> list[str]:
+    return [f"{a}-{b}" for a in ADJECTIVES for b in NOUNS]
+
+
+def _number(rng: random.Random, digits: int = 7) -> str:
+    return str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
+
+
+def _distinct_numbers(rng: random.Random, k: int, digits: int = 7) -> list[str]:
+    out: list[str] = []
+    while len(out) < k:
+        v = _number(rng, digits)
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def _distinct_names(rng: random.Random, k: int) -> list[str]:
+    out: list[str] = []
+    while len(out) < k:
+        v = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5))
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def _text(text: str | None) -> str:
+    return load_text(split="evaluation") if text is None else text
+
+
+def _count(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1; got {n!r}")
+    return n
+
+
+def _check_length(length) -> None:
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ValueError(f"length must be a positive integer (tokens); got {length!r}")
+
+
+def _check_depth(depth) -> None:
+    if isinstance(depth, bool) or not isinstance(depth, (int, float)) or not 0 <= depth <= 1:
+        raise ValueError(f"depth must be a number in [0, 1] (0 = start of the haystack, 1 = end); got {depth!r}")
+
+
+def _check_tokenizer(tok) -> None:
+    if not getattr(tok, "is_fast", False):
+        raise TypeError("evaluation tasks need a fast tokenizer (for character offsets)")
