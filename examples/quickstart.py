@@ -1,79 +1,60 @@
-"""Quickstart: patch SmolLM2-135M-Instruct with a layer-exclusive plan and find a passkey in a long prompt.
+"""Quickstart: patch SmolLM2-135M-Instruct with a plan and find a pass key hidden in held-out text.
 
-    python examples/quickstart.py [--tokens 1500] [--plan plan.json]
+    python examples/quickstart.py [--plan plan.json | --plan smollm2-135m@0.5] [--tokens 3000]
 
-Runs on CPU in about a minute. Without --plan it uses a hand-made plan (every other layer streaming);
-calibrated plans come from `zz.profile` + `zz.solve`.
+Runs on CPU in about a minute. The plan is a file made by `zigzag-attn calibrate`, or a shipped plan by name.
+It prints what full attention and the patched model answer, and the KV cache each one keeps.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import time
 
 import torch
 
 import zigzag_attn as zz
+from zigzag_attn.data import IGNORE, passkey_samples
 from zigzag_attn.models import load
-
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-
-
-def passkey_prompt(tok, tokens: int, passkey: int, depth: float) -> str:
-    n = max(1, tokens // len(tok(FILLER).input_ids))
-    before = int(n * depth)
-    needle = f"The pass key is {passkey}. Remember it. {passkey} is the pass key. "
-    body = FILLER * before + needle + FILLER * (n - before)
-    question = "There is a pass key hidden in the text above. What is the pass key?"
-    messages = [{"role": "user", "content": body + "\n" + question}]
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + "The pass key is"
 
 
 @torch.no_grad()
-def answer(model, tok, prompt: str) -> tuple[str, zz.ZigzagCache | None, float]:
-    inputs = tok(prompt, return_tensors="pt")
+def answer(model, tok, ids: torch.Tensor) -> tuple[str, object, float]:
     t = time.perf_counter()
-    out = model.generate(**inputs, max_new_tokens=8, do_sample=False, return_dict_in_generate=True)
-    text = tok.decode(out.sequences[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+    out = model.generate(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None], max_new_tokens=8,
+                         do_sample=False, return_dict_in_generate=True)
+    text = tok.decode(out.sequences[0, len(ids):], skip_special_tokens=True)
     return text.strip(), zz.cache_of(out), time.perf_counter() - t
+
+
+def cache_bytes(cache) -> int:
+    if isinstance(cache, zz.ZigzagCache):
+        return cache.nbytes()
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=1500)
-    ap.add_argument("--plan")
-    ap.add_argument("--sink", type=int, default=64)
-    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--plan", default="smollm2-135m@0.5", help="plan file or shipped plan name")
+    ap.add_argument("--tokens", type=int, default=3000)
+    ap.add_argument("--seed", type=int, default=3)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, tok = load("smollm2-135m")
-    info = zz.describe(model)
-    if args.plan:
-        plan = zz.Plan.load(args.plan)
-    else:
-        modes = ["retrieval" if i % 2 == 0 else "streaming" for i in range(info.num_layers)]
-        plan = zz.Plan.from_layers(modes, sink=args.sink, window=args.window, model=info)
-    print(plan.describe())
-    passkey = random.Random(0).randint(10000, 99999)
-    prompt = passkey_prompt(tok, args.tokens, passkey, depth=0.3)
+    plan = zz.Plan.load(args.plan)
+    print(f"plan {args.plan}: {plan.describe()}")
+    sample = passkey_samples(tok, n=1, length=args.tokens, keys=1, split="evaluation", seed=args.seed)[0]
+    first_answer = int((sample.labels != IGNORE).nonzero()[0])
+    prompt = sample.input_ids[:first_answer]  # ends with "... The pass key for the <name> is"
+    key, depth = sample.answers[0], sample.depths[0]
+    print(f"prompt: {len(prompt)} tokens of Jane Austen with pass key {key} hidden at {depth:.0%} depth")
     full_text, full_cache, full_s = answer(model, tok, prompt)
     with zz.patched(model, plan):
         zz_text, zz_cache, zz_s = answer(model, tok, prompt)
     n = full_cache.get_seq_length()
-    print(f"prompt: {len(tok(prompt).input_ids)} tokens, passkey {passkey} at 30% depth")
-    full_mib = full_cache_bytes(full_cache) / 2**20
-    print(f"full attention : {full_text!r:24} {full_s:5.1f} s   KV cache {full_mib:6.2f} MiB")
-    print(f"zigzag plan    : {zz_text!r:24} {zz_s:5.1f} s   KV cache {zz_cache.nbytes() / 2**20:6.2f} MiB "
-          f"(theory {plan.kv_fraction(n):.2f} of full at {n} tokens)")
-    print(f"full attention found the passkey: {str(passkey) in full_text}; zigzag plan: {str(passkey) in zz_text}")
-    if not args.plan and str(passkey) not in zz_text:
-        print("A hand-made plan (every other layer streaming) loses the passkey on SmolLM2: which layers keep full "
-              "attention decides everything. Pass a calibrated plan with --plan.")
-
-
-def full_cache_bytes(cache) -> int:
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    print(f"full attention : {full_text!r:20} {full_s:5.1f} s   KV cache {cache_bytes(full_cache) / 2**20:6.2f} MiB")
+    print(f"zigzag plan    : {zz_text!r:20} {zz_s:5.1f} s   KV cache {cache_bytes(zz_cache) / 2**20:6.2f} MiB "
+          f"(theory: {plan.kv_fraction(n):.2f} of full at {n} tokens)")
+    print(f"pass key found - full attention: {key in full_text}, zigzag plan: {key in zz_text}")
 
 
 if __name__ == "__main__":

@@ -145,3 +145,40 @@ def test_profile_rejects_bad_arguments(one_layer_matters):
         profile(one_layer_matters)
     with pytest.raises(TypeError, match="steps"):
         profile(one_layer_matters, data=_task(one_layer_matters), method="attention", steps=3)
+
+
+
+def test_refine_on_replicas_matches_serial(one_layer_matters, monkeypatch):
+    """Candidates spread over a model copy (threads): same plan, same history, same loss for every candidate."""
+    from zigzag_attn.profile.replicas import make_replicas
+
+    refine_module = importlib.import_module("zigzag_attn.profile.refine")  # the module, not the function
+
+    model, data = one_layer_matters, _task(one_layer_matters)
+    start = zz.Plan.from_layers(["retrieval"] * 4, sink=2, window=4, model=zz.describe(model))
+    measure_, calls, results = refine_module.measure, {"serial": [], "parallel": []}, {}
+    replicas = make_replicas(model, ["cpu"])
+    for run in calls:
+        def recording(m, samples, plan, run=run, **kw):
+            result = measure_(m, samples, plan, **kw)
+            calls[run].append((plan.modes, result.loss, id(m)))
+            return result
+
+        monkeypatch.setattr(refine_module, "measure", recording)
+        results[run] = refine(start, model, data, retrieval_layers=1, progress=False,
+                              replicas=replicas if run == "parallel" else None)
+    serial, parallel = results["serial"], results["parallel"]
+    assert parallel.modes == serial.modes and parallel.retrieval_layers == [1]
+    assert parallel.provenance["refine"]["history"] == serial.provenance["refine"]["history"]
+    assert [h["streaming"] for h in parallel.provenance["refine"]["history"]] == [0, 2, 3]  # ties: lowest index
+    assert sorted(c[:2] for c in calls["parallel"]) == sorted(c[:2] for c in calls["serial"])
+    assert len(calls["serial"]) == 4 + 3 + 2
+    assert {c[2] for c in calls["parallel"]} == {id(model), id(replicas[0])}  # both copies did work
+    with pytest.raises(ValueError, match="distinct"):
+        refine(start, model, data, retrieval_layers=1, progress=False, replicas=[model])
+    with pytest.raises(ValueError, match="not available"):
+        make_replicas(model, [f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"])
+    with pytest.raises(ValueError, match="unknown device"):
+        make_replicas(model, ["gpu0"])
+    with zz.patched(model, start), pytest.raises(ValueError, match="unpatch"):
+        make_replicas(model, ["cpu"])

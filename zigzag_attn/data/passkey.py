@@ -77,13 +77,19 @@ def _sample(tok, text: str, length: int, keys: int, rng: random.Random, depths) 
         prompt += q
         spans.append((len(prompt) + 1, len(prompt) + len(a) - 1))  # the digits, not the space or the period
         prompt += a
+    ids, labels = label_spans(tok, prompt, spans)
+    return Sample(ids, labels, tuple(nums[i] for i in order), tuple(where[i] for i in order))
+
+
+def label_spans(tok, prompt: str, spans: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, labels)`, each `(seq,)` long; labels are the ids of tokens overlapping a character span."""
     enc = tok(prompt, return_offsets_mapping=True)
     ids = torch.tensor(enc.input_ids, dtype=torch.long)
     labels = torch.full_like(ids, IGNORE)
     for i, (s, e) in enumerate(enc.offset_mapping):
         if e > s and any(s < b and e > a for a, b in spans):
             labels[i] = ids[i]
-    return Sample(ids, labels, tuple(nums[i] for i in order), tuple(where[i] for i in order))
+    return ids, labels
 
 
 def haystack(tok, text: str, tokens: int, rng: random.Random) -> str:

@@ -17,19 +17,18 @@ SPLITS = {
 @functools.cache
 def shipped_text(split: str) -> str:
     """The concatenated novels of one split: "calibration" or "evaluation"."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
-    return "\n\n".join(gzip.decompress((TEXTS / f"{name}.txt.gz").read_bytes()).decode("utf-8")
-                       for name in SPLITS[split])
+    return "\n\n".join(documents(split=split))
 
 
-def load_text(source: str | Path | Iterable[str | Path] | None = None, *, split: str = "calibration") -> str:
-    """Text for haystacks: the shipped `split` when `source` is None, else the user's files.
+def documents(source: str | Path | Iterable[str | Path] | None = None, *, split: str = "calibration") -> list[str]:
+    """One text per shipped novel of `split` when `source` is None, else one per file.
 
     `source` may be a file, a directory (its `*.txt` files, sorted) or a list of those.
     """
     if source is None:
-        return shipped_text(split)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+        return [gzip.decompress((TEXTS / f"{name}.txt.gz").read_bytes()).decode("utf-8") for name in SPLITS[split]]
     items = [source] if isinstance(source, (str, Path)) else list(source)
     files: list[Path] = []
     for item in items:
@@ -43,8 +42,15 @@ def load_text(source: str | Path | Iterable[str | Path] | None = None, *, split:
             files.append(p)
         else:
             raise FileNotFoundError(f"no text file or directory at {p}")
-    text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+    return [f.read_text(encoding="utf-8", errors="replace") for f in files]
+
+
+def load_text(source: str | Path | Iterable[str | Path] | None = None, *, split: str = "calibration") -> str:
+    """Text for haystacks: the shipped `split` when `source` is None, else the user's files (see `documents`)."""
+    if source is None:
+        return shipped_text(split)
+    text = "\n\n".join(documents(source))
     if len(text.split()) < 200:
-        raise ValueError(f"the text in {', '.join(map(str, files))} is too short for haystacks "
-                         f"({len(text.split())} words; need at least 200)")
+        raise ValueError(f"the text in {source} is too short for haystacks ({len(text.split())} words; "
+                         "need at least 200)")
     return text

@@ -7,7 +7,6 @@ tokens); unpatched, it grows a plain `DynamicCache`. Either way the logits held 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import inspect
 import math
 from collections.abc import Iterable, Sequence
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data.texts import SPLITS, TEXTS
+from ..data import texts
 from ..plan import Plan
 from ..runtime import cache_of, patched
 
@@ -74,26 +73,8 @@ def ppl(model, tokenizer, plan: Plan | None, texts: str | Sequence[str], *, chun
 
 
 def documents(source: str | Path | Iterable[str | Path] | None = None, *, split: str = "evaluation") -> list[str]:
-    """Texts for `ppl`: each shipped novel of `split` when `source` is None, else each file (a directory: its
-    `*.txt` files, sorted)."""
-    if source is None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
-        return [gzip.decompress((TEXTS / f"{name}.txt.gz").read_bytes()).decode("utf-8") for name in SPLITS[split]]
-    items = [source] if isinstance(source, (str, Path)) else list(source)
-    files: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(p.glob("*.txt"))
-            if not found:
-                raise FileNotFoundError(f"{p} holds no .txt files")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"no text file or directory at {p}")
-    return [f.read_text(encoding="utf-8", errors="replace") for f in files]
+    """Texts for `ppl`: each shipped novel of `split` (held-out by default) or each of the user's files."""
+    return texts.documents(source, split=split)
 
 
 def _stored(cache) -> list[int]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data.passkey import IGNORE, Sample, boundary, haystack, passkey_samples
+from ..data.passkey import IGNORE, Sample, boundary, haystack, label_spans, passkey_samples
 from ..data.texts import load_text
 
 ADJECTIVES = ("amber", "brisk", "calm", "dusty", "eager", "faint", "gentle", "hollow", "icy", "jolly", "keen", "lucky",
@@ -224,22 +224,11 @@ def _labelled(tok, prompt: str, items: Sequence[str], depths: Sequence[float]) -
         spans.append((len(prompt), len(prompt) + len(item)))
         prompt += item
     prompt += "."
-    ids, labels = _label(tok, prompt, spans)
+    ids, labels = label_spans(tok, prompt, spans)
     if _runs(labels) != len(items):
-        ids, labels = _label(tok, prompt, [(spans[0][0], spans[-1][1])])
+        ids, labels = label_spans(tok, prompt, [(spans[0][0], spans[-1][1])])
         return Sample(ids, labels, (SEPARATOR.join(items),), tuple(depths))
     return Sample(ids, labels, tuple(items), tuple(depths))
-
-
-def _label(tok, prompt: str, spans: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(input_ids, labels)`, each `(seq,)` long; labels are the ids of tokens overlapping a span, else -100."""
-    enc = tok(prompt, return_offsets_mapping=True)
-    ids = torch.tensor(enc.input_ids, dtype=torch.long)
-    labels = torch.full_like(ids, IGNORE)
-    for i, (s, e) in enumerate(enc.offset_mapping):
-        if e > s and any(s < b and e > a for a, b in spans):
-            labels[i] = ids[i]
-    return ids, labels
 
 
 def _runs(labels: torch.Tensor) -> int:

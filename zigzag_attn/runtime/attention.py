@@ -38,6 +38,7 @@ class Dispatch:
         if step is None:
             raise RuntimeError("streaming attention needs token positions; call the patched model itself "
                                "(its forward or generate), not an inner module")
+        step = step.on(query.device)  # a model split across devices: positions live on the input's device
         if kwargs.get("softcap") is not None:
             raise NotImplementedError("attention logit soft-capping is not supported on streaming layers")
         if mode == MIXED:

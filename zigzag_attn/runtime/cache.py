@@ -44,6 +44,7 @@ class SinkWindowLayer(DynamicLayer):
         if step is None or step.keep is None:
             raise RuntimeError("a streaming cache layer was updated outside a patched forward call; "
                                "call the patched model itself rather than a submodule")
+        step = step.on(key_states.device)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         keys = torch.cat([self.keys, key_states], dim=-2)

