@@ -24,6 +24,12 @@ def describe(model) -> ModelInfo:
                      name=getattr(model.config, "name_or_path", None) or None, native_sliding=native)
 
 
+def input_device(model) -> torch.device:
+    """Where a model's input ids must go: where its input embeddings run."""
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else model
+    return execution_device(embed)
+
+
 def execution_device(module) -> torch.device:
     """Where `module` runs: accelerate's hook execution device when dispatched/offloaded, else its weights' device."""
     for m in module.modules():

@@ -7,7 +7,6 @@ tokens); unpatched, it grows a plain `DynamicCache`. Either way the logits held 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,8 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import texts
+from ..model_info import input_device
 from ..plan import Plan
 from ..runtime import cache_of, patched
+from ..runtime.patch import cache_arg
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ def ppl(model, tokenizer, plan: Plan | None, texts: str | Sequence[str], *, chun
     docs = [texts] if isinstance(texts, str) else list(texts)
     if not docs:
         raise ValueError("ppl needs at least one text")
-    device = next(model.parameters()).device
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    device = input_device(model)
+    cache_kw = cache_arg(model.forward)
     total, count, longest, cache_tokens = 0.0, 0, -1, []
     with patched(model, plan) if plan is not None else contextlib.nullcontext():
         for doc in tqdm(docs, desc="perplexity", disable=not progress):
@@ -56,7 +57,7 @@ def ppl(model, tokenizer, plan: Plan | None, texts: str | Sequence[str], *, chun
             cache, carry = None, None  # carry: `(vocab,)` logit of the previous chunk's last token
             for start in range(0, len(ids), chunk):
                 x = ids[start:start + chunk]
-                out = model(input_ids=x[None], use_cache=True, **{cache_arg: cache})
+                out = model(input_ids=x[None], use_cache=True, **{cache_kw: cache})
                 cache = cache_of(out)
                 logits = out.logits[0].float()  # (len(x), vocab)
                 pred = logits[:-1] if carry is None else torch.cat([carry[None], logits[:-1]])

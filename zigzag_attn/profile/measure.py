@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.passkey import IGNORE, Sample
-from ..model_info import execution_device
+from ..model_info import input_device
 from ..plan import Plan
 from ..runtime import patched
 
@@ -40,8 +40,7 @@ def measure(model, samples: list[Sample], plan: Plan | None = None, *, batch_siz
 
 
 def _measure(model, samples: list[Sample], batch_size: int) -> Measurement:
-    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else model
-    device = execution_device(embed)  # also right for models dispatched by accelerate
+    device = input_device(model)  # also right for models dispatched by accelerate
     total, count, correct = 0.0, 0, []
     for i in range(0, len(samples), batch_size):
         ids, labels, mask = batch(samples[i:i + batch_size], device)

@@ -124,6 +124,11 @@ def cache_of(output):
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
+def cache_arg(forward) -> str:
+    """The cache keyword of a forward: `cache` from transformers 5.2x, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
 def _unregister(name: str) -> None:
     AttentionInterface._global_mapping.pop(name, None)
     AttentionMaskInterface._global_mapping.pop(name, None)
@@ -158,7 +163,7 @@ class _PreHook:
         self.plan = plan
         params = inspect.signature(decoder.forward).parameters
         self.positional = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.cache_arg = cache_arg(decoder.forward)
         self.config = decoder.config
 
     def __call__(self, module, args, kwargs):
