@@ -51,6 +51,10 @@ class Dispatch:
                      and q.dtype in (torch.float16, torch.bfloat16) and kernels.flash_attn_installed()))
         if use_flash and mask is None and dropout == 0.0 and kwargs.get("sliding_window") is None:
             return kernels.causal_flash(q, k, v, scale=scaling)
+        plain = dropout == 0.0 and kwargs.get("softcap") is None and kwargs.get("s_aux") is None
+        one_row = mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] == 1)
+        if q.shape[2] == 1 and plain and one_row:
+            return kernels.decode_attention(q, k, v, mask, scale=scaling)
         return self.original(module, q, k, v, mask, scaling=scaling, dropout=dropout, **kwargs)[0]
 
     def streaming(self, q, k, v, step: Step, scaling) -> torch.Tensor:

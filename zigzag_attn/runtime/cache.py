@@ -29,6 +29,21 @@ class SplitKV:
     streaming: torch.Tensor
 
 
+def head_groups(retrieval: list[int], streaming: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index tensors of a mixed layer's retrieval and streaming KV heads."""
+    return torch.tensor(retrieval, device=device), torch.tensor(streaming, device=device)
+
+
+def kv_nbytes(layers) -> int:
+    """Bytes of keys and values held by cache layers (the two parts of mixed layers counted)."""
+    total = 0
+    for layer in layers:
+        for sub in (layer.full, layer.stream) if hasattr(layer, "stream") else (layer,):
+            if sub.is_initialized:
+                total += sum(t.numel() * t.element_size() for t in (sub.keys, sub.values))
+    return total
+
+
 class SinkWindowLayer(DynamicLayer):
     """Bounded layer: stores at most sink + window - 1 tokens between calls (sink + window during one)."""
 
@@ -93,8 +108,7 @@ class MixedLayer(DynamicLayer):
 
     def _index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self._head_index is None or self._head_index[0].device != device:
-            self._head_index = (torch.tensor(self.retrieval_heads, device=device),
-                                torch.tensor(self.streaming_heads, device=device))
+            self._head_index = head_groups(self.retrieval_heads, self.streaming_heads, device)
         return self._head_index
 
     def get_seq_length(self) -> int:
@@ -185,12 +199,7 @@ class ZigzagCache(DynamicCache):
 
     def nbytes(self) -> int:
         """Bytes of keys and values held by all layers."""
-        total = 0
-        for layer in self.layers:
-            for sub in (layer.full, layer.stream) if isinstance(layer, MixedLayer) else (layer,):
-                if sub.is_initialized:
-                    total += sum(t.numel() * t.element_size() for t in (sub.keys, sub.values))
-        return total
+        return kv_nbytes(self.layers)
 
     def reset(self) -> None:
         super().reset()

@@ -2,7 +2,8 @@
 
 Inputs are `(batch, heads, seq, head_dim)`; outputs `(batch, seq, heads, head_dim)`.
 
-- `sink_window_sdpa`: masked torch SDPA; any device; decode and CPU prefill.
+- `decode_attention`: one query per row, grouped heads as matmuls that read each KV head once; any device.
+- `sink_window_sdpa`: masked torch SDPA; any device; short chunks and CPU prefill.
 - `sink_window_flex`: FlexAttention with a sparse block mask; CUDA prefill, cost ~ N * (sink + window).
 - `causal_flash`: the `flash-attn` package when installed (CUDA, fp16/bf16, no padding).
 """
@@ -18,6 +19,29 @@ import torch.nn.functional as F
 from .step import sink_window_mask
 
 
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
+                     scale: float | None) -> torch.Tensor:
+    """Attention of one new token per row.
+
+    q: `(batch, q_heads, 1, head_dim)`; k, v: `(batch, kv_heads, keys, head_dim)`; mask: None (every key),
+    boolean (True = attend) or additive, broadcastable to `(batch, 1, 1, keys)`.
+    The q heads sharing a KV head become rows of one matmul, so keys and values are read once, never
+    repeated per head (SDPA takes grouped heads with a mask only by copying them).
+    """
+    b, h, _, d = q.shape
+    kv = k.shape[1]
+    scores = torch.matmul(q.reshape(b, kv, h // kv, d), k.transpose(-1, -2)).float()
+    scores = scores * (scale if scale is not None else d ** -0.5)
+    if mask is not None:
+        mask = mask[..., -1:, : k.shape[-2]].reshape(mask.shape[0], 1, 1, -1)
+        if mask.dtype == torch.bool:  # a padding query sees nothing: let it see all, never NaN (0 x NaN poisons)
+            scores = scores.masked_fill(~(mask | ~mask.any(-1, keepdim=True)), float("-inf"))
+        else:
+            scores = scores + mask
+    out = torch.matmul(scores.softmax(-1).to(v.dtype), v)
+    return out.reshape(b, 1, h, d)
+
+
 def sink_window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_pos: torch.Tensor,
                      key_pos: torch.Tensor, *, sink: int, window: int, scale: float | None,
                      masked: bool = True) -> torch.Tensor:
@@ -28,6 +52,8 @@ def sink_window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_po
     `masked=False` skips the mask when every visible key is allowed (aligned decode).
     """
     mask = sink_window_mask(query_pos, key_pos, sink, window) if masked else None
+    if q.shape[2] == 1:
+        return decode_attention(q, k, v, mask, scale=scale)
     group = q.shape[1] // k.shape[1]
     if q.is_cuda and mask is not None and group > 1:  # with a mask, CUDA SDPA takes GQA only in its O(seq^2) math path
         k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)

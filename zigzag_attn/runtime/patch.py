@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import transformers
 from packaging.version import Version
-from transformers import AttentionInterface, DynamicCache
+from transformers import AttentionInterface, DynamicCache, StaticCache
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -27,6 +27,7 @@ from ..model_info import describe
 from ..plan import Plan
 from .attention import RETRIEVAL_BACKENDS, STREAMING_BACKENDS, Dispatch
 from .cache import ZigzagCache
+from .static_cache import ZigzagStaticCache, new_tokens_valid
 from .step import Step, logical_positions
 
 MIN_TRANSFORMERS, MAX_TRANSFORMERS = Version("5.17"), Version("6")
@@ -110,12 +111,19 @@ def plan_of(model) -> Plan | None:
     return p.plan if p else None
 
 
-def make_cache(model) -> ZigzagCache:
-    """An empty cache for a patched model, for users who manage caches themselves."""
+def make_cache(model, max_cache_len: int | None = None) -> ZigzagCache | ZigzagStaticCache:
+    """An empty cache for a patched model, for users who manage caches themselves.
+
+    With `max_cache_len`, a static cache (for `torch.compile` / CUDA graphs) holding up to that many tokens.
+    """
     p = _patches.get(model)
     if p is None:
         raise ValueError("model is not patched: call zigzag_attn.patch(model, plan) first")
-    return ZigzagCache(_decoder(model).config, p.plan)
+    if max_cache_len is None:
+        return ZigzagCache(_decoder(model).config, p.plan)
+    if not isinstance(max_cache_len, int) or max_cache_len < 1:
+        raise ValueError(f"max_cache_len must be a positive int; got {max_cache_len!r}")
+    return ZigzagStaticCache(_decoder(model).config, p.plan, max_cache_len)
 
 
 def cache_of(output):
@@ -185,6 +193,10 @@ class _PreHook:
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             mask = mask.to(x.device)
+        if isinstance(cache, ZigzagStaticCache):  # no host syncs: this runs inside compiled decode steps
+            kwargs[self.cache_arg] = cache
+            kwargs["zigzag_step"] = cache.begin(new_tokens_valid(mask, q_len, past), batch, q_len, x.device)
+            return (), kwargs
         query_pos = logical_positions(mask, batch, past, q_len, x.device)
         aligned = mask is None or bool(mask.all())
         if cache is None:
@@ -198,14 +210,17 @@ class _PreHook:
     def _cache(self, cache, use_cache: bool):
         if cache is None:
             return ZigzagCache(self.config, self.plan) if use_cache else None
-        if isinstance(cache, ZigzagCache):
+        if isinstance(cache, (ZigzagCache, ZigzagStaticCache)):
             if cache.plan != self.plan:
                 raise ValueError("this cache was made for another plan; start a new one (or pass none)")
             return cache
         if type(cache) is DynamicCache and cache.get_seq_length() == 0:
             return ZigzagCache(self.config, self.plan)  # e.g. the empty cache generate() makes
+        fresh = not any(layer.is_initialized for layer in cache.layers)
+        if type(cache) is StaticCache and fresh:  # generate(cache_implementation="static")
+            return ZigzagStaticCache(self.config, self.plan, max(layer.max_cache_len for layer in cache.layers))
         raise ValueError(f"a patched model keeps its own cache; got a {type(cache).__name__} "
-                         f"{'with tokens in it' if type(cache) is DynamicCache else ''}. Pass no cache, or one from "
-                         "zigzag_attn.make_cache(model). (Static caches are not supported yet.)")
+                         f"{'' if fresh else 'with tokens in it'}. Pass no cache, or one from "
+                         "zigzag_attn.make_cache(model[, max_cache_len])")
 
 

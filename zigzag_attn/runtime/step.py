@@ -41,6 +41,9 @@ class Keep:
     tail: int
     index: torch.Tensor | None = None
 
+    def to(self, device: torch.device) -> Keep:
+        return self if self.index is None else Keep(self.head, self.tail, self.index.to(device))
+
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Select along dim -2 of `x` `(batch, heads, visible, head_dim)`."""
         if self.index is not None:
@@ -67,7 +70,7 @@ class Step:
     sink: int
     window: int
     aligned: bool
-    keep: Keep | None = None  # None when there is no cache to trim
+    keep: Keep | None = None  # what the cache keeps (a RingWrite for static caches); None without a cache
     memo: dict = field(default_factory=dict)  # per-step derived masks, shared by all streaming layers
 
     def on(self, device: torch.device) -> Step:
@@ -76,9 +79,7 @@ class Step:
             return self
         copies = self.memo.setdefault("on", {})
         if device not in copies:
-            keep = self.keep
-            if keep is not None and keep.index is not None:
-                keep = Keep(keep.head, keep.tail, keep.index.to(device))
+            keep = self.keep.to(device) if self.keep is not None else None
             copies[device] = Step(self.query_pos.to(device), self.key_pos.to(device), self.sink, self.window,
                                   self.aligned, keep)
         return copies[device]
