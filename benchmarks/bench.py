@@ -407,6 +407,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32, help="fewer layers for a quick run")
     ap.add_argument("--smoke", action="store_true", help="a tiny model of the same head shape (checks logic on CPU)")
     ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--budget-s", type=float, default=1e9, help="start no new point after this many seconds")
     ap.add_argument("--report", nargs="*", help="only print tables (and --png) from these bench.jsonl files")
     ap.add_argument("--png")
     args = ap.parse_args()
@@ -416,7 +417,12 @@ def main() -> None:
         return
     torch._dynamo.config.recompile_limit = 64
     torch._dynamo.config.cache_size_limit = 64
+    start = time.time()
     bench = Bench(args)
+
+    def in_budget() -> bool:
+        return time.time() - start < args.budget_s
+
     parts = args.parts.split(",")
     contexts = [int(n) for n in args.contexts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
@@ -424,7 +430,7 @@ def main() -> None:
     for b in batches:
         for n in contexts:
             if ("prefill" in parts or "eager" in parts) and n * b <= args.prefill_max_tokens:
-                for p in policies:
+                for p in filter(lambda _: in_budget(), policies):
                     try:
                         bench.prefill_and_eager(p, n, b, eager="eager" in parts)
                     except torch.OutOfMemoryError:
@@ -434,14 +440,14 @@ def main() -> None:
         for p in policies:
             torch._dynamo.reset()
             for b in batches:
-                for n in contexts:
+                for n in filter(lambda _: in_budget(), contexts):
                     try:
                         bench.compiled(p, n, b)
                     except torch.OutOfMemoryError:
                         bench.emit({"part": "compiled", "policy": p, "n": n, "batch": b, "skipped": "OOM"})
                         reset_peak()
     if "maxctx" in parts and DEVICE == "cuda":
-        for p in (p for p in policies if p != "fullk"):  # fullk holds what full holds
+        for p in (p for p in policies if p != "fullk" and in_budget()):  # fullk holds what full holds
             bench.max_context(p)
     zz.unpatch(bench.model)
     print(report(load_rows([str(bench.out / "bench.jsonl")]), args.png or str(bench.out / "bench.png")))

@@ -67,7 +67,8 @@ def test_static_left_padded_generate(case):
 
 @torch.no_grad()
 @pytest.mark.parametrize("family_model", ["llama", "qwen3"], indirect=True)
-def test_compiled_decode_one_graph(case):
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compiled_decode_one_graph(case, dynamic):
     """A decode step compiles to one graph (no breaks) that serves every step (no recompiles) and stays exact.
 
     (Not Gemma 3: transformers' own static sliding layers count tokens in Python ints and recompile every step.)"""
@@ -82,7 +83,7 @@ def test_compiled_decode_one_graph(case):
         return gm.forward
 
     torch._dynamo.reset()
-    step = torch.compile(model, backend=backend, fullgraph=True, dynamic=False)
+    step = torch.compile(model, backend=backend, fullgraph=True, dynamic=dynamic)
     cache = zz.make_cache(model, max_cache_len=64)
     out = [model(input_ids=x[:, :20], cache=cache).logits]
     out += [step(input_ids=x[:, t:t + 1], cache=cache).logits for t in range(20, 60)]
@@ -103,3 +104,23 @@ def test_static_cache_errors(family_model):
         model(ids(5), cache=cache)
         with pytest.raises(ValueError, match="batch of 1 rows but the input has 2"):
             model(ids(1, batch=2), cache=cache)
+
+
+@pytest.mark.parametrize("keys", [7, 300, 1024, 1100, 2048])
+def test_decode_attention_matches_sdpa(keys):
+    """Split over key chunks, grouped heads, boolean / additive / no mask; a fully masked chunk is harmless."""
+    from zigzag_attn.runtime.kernels import decode_attention
+
+    g = torch.Generator().manual_seed(keys)
+    q, k, v = (torch.randn(2, h, n, 16, generator=g) for h, n in ((8, 1), (2, keys), (2, keys)))
+    mask = torch.rand(2, 1, 1, keys, generator=g) > 0.3
+    mask[1, ..., : keys // 2] = False
+    mask[..., -1] = True
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1),
+                                                           attn_mask=mask, scale=0.3).transpose(1, 2)
+    additive = torch.where(mask, 0.0, torch.finfo(torch.float32).min)
+    for m in (mask, additive):
+        assert (decode_attention(q, k, v, m, scale=0.3) - ref).abs().max() < 1e-5
+    everything = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(4, 1),
+                                                                  v.repeat_interleave(4, 1)).transpose(1, 2)
+    assert (decode_attention(q, k, v, None, scale=None) - everything).abs().max() < 1e-5

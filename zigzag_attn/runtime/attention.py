@@ -8,7 +8,7 @@ on their head groups and concatenate, as DuoAttention does.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,6 +29,9 @@ class Dispatch:
     original: Callable  # the model's own attention function
     streaming_backend: str = "auto"
     retrieval_backend: str = "auto"
+    # looked up once here: inside a compiled decode step an import check would break the graph
+    has_flash: bool = field(default_factory=kernels.flash_attn_installed)
+    has_flex: bool = field(default_factory=kernels.flex_available)
 
     def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         step: Step | None = kwargs.pop("zigzag_step", None)
@@ -48,7 +51,7 @@ class Dispatch:
     def full(self, module, q, k, v, mask, scaling, dropout, kwargs) -> torch.Tensor:
         """Causal attention over all keys: `(batch, q_len, heads, head_dim)`."""
         use_flash = (self.retrieval_backend == "flash" or (self.retrieval_backend == "auto" and q.is_cuda
-                     and q.dtype in (torch.float16, torch.bfloat16) and kernels.flash_attn_installed()))
+                     and q.dtype in (torch.float16, torch.bfloat16) and self.has_flash))
         if use_flash and mask is None and dropout == 0.0 and kwargs.get("sliding_window") is None:
             return kernels.causal_flash(q, k, v, scale=scaling)
         plain = dropout == 0.0 and kwargs.get("softcap") is None and kwargs.get("s_aux") is None
@@ -62,7 +65,7 @@ class Dispatch:
         # FlexAttention pays off (and its prefill kernel applies) from one query block up; shorter
         # chunks and decoding see at most sink + window + q_len keys, which masked SDPA handles well.
         flex = self.streaming_backend == "flex" or (self.streaming_backend == "auto" and q.is_cuda
-                                                    and kernels.flex_available())
+                                                    and self.has_flex)
         if flex and q.shape[2] >= kernels.FLEX_MIN_QUERIES:
             if "block_mask" not in step.memo:
                 step.memo["block_mask"] = kernels.sink_window_block_mask(step.query_pos, step.key_pos,

@@ -20,26 +20,41 @@ from .step import sink_window_mask
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
-                     scale: float | None) -> torch.Tensor:
-    """Attention of one new token per row.
+                     scale: float | None, chunk: int = 512) -> torch.Tensor:
+    """Attention of one new token per row, split over key chunks (flash-decoding in plain torch ops).
 
     q: `(batch, q_heads, 1, head_dim)`; k, v: `(batch, kv_heads, keys, head_dim)`; mask: None (every key),
     boolean (True = attend) or additive, broadcastable to `(batch, 1, 1, keys)`.
-    The q heads sharing a KV head become rows of one matmul, so keys and values are read once, never
-    repeated per head (SDPA takes grouped heads with a mask only by copying them).
+    Returns `(batch, 1, q_heads, head_dim)`.
+    The q heads sharing a KV head are rows of one matmul, so keys and values are read once (SDPA takes grouped
+    heads with a mask only by copying them); chunks of keys are separate matmuls, so long caches fill the GPU.
     """
     b, h, _, d = q.shape
-    kv = k.shape[1]
-    scores = torch.matmul(q.reshape(b, kv, h // kv, d), k.transpose(-1, -2)).float()
-    scores = scores * (scale if scale is not None else d ** -0.5)
+    kv, n = k.shape[1], k.shape[2]
+    q = q.reshape(b, kv, 1, h // kv, d) * (scale if scale is not None else d ** -0.5)
     if mask is not None:
-        mask = mask[..., -1:, : k.shape[-2]].reshape(mask.shape[0], 1, 1, -1)
+        mask = mask[..., -1:, :n].reshape(mask.shape[0], 1, 1, 1, n)
         if mask.dtype == torch.bool:  # a padding query sees nothing: let it see all, never NaN (0 x NaN poisons)
-            scores = scores.masked_fill(~(mask | ~mask.any(-1, keepdim=True)), float("-inf"))
-        else:
-            scores = scores + mask
-    out = torch.matmul(scores.softmax(-1).to(v.dtype), v)
-    return out.reshape(b, 1, h, d)
+            mask = mask | ~mask.any(-1, keepdim=True)
+    main = n // chunk * chunk if n >= 2 * chunk else 0
+    parts = [_chunks(q, k[:, :, s:e], v[:, :, s:e], None if mask is None else mask[..., s:e], c)
+             for s, e, c in ((0, main, main // chunk), (main, n, 1)) if e > s]
+    part, top, total = (torch.cat(x, dim=2) for x in zip(*parts, strict=True))
+    w = torch.exp(top - top.amax(2, keepdim=True))  # chunk weights; 0 for chunks with nothing to see
+    out = (part * w).sum(2) / (total * w).sum(2)
+    return out.to(v.dtype).reshape(b, 1, h, d)
+
+
+def _chunks(q, k, v, mask, c: int):
+    """Unnormalised outputs, maxima and sums of exp-scores over `c` equal key chunks: `(batch, kv, c, group, .)`."""
+    b, kv, n, d = k.shape
+    scores = torch.matmul(q.to(k.dtype), k.reshape(b, kv, c, n // c, d).transpose(-1, -2)).float()
+    if mask is not None:
+        mask = mask.reshape(mask.shape[0], 1, c, 1, n // c)
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    top = scores.amax(-1, keepdim=True)
+    p = torch.exp(scores - torch.where(top == float("-inf"), 0.0, top))
+    return torch.matmul(p.to(v.dtype), v.reshape(b, kv, c, n // c, d)).float(), top, p.sum(-1, keepdim=True)
 
 
 def sink_window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_pos: torch.Tensor,

@@ -211,7 +211,7 @@ class _PreHook:
         if cache is None:
             return ZigzagCache(self.config, self.plan) if use_cache else None
         if isinstance(cache, (ZigzagCache, ZigzagStaticCache)):
-            if cache.plan != self.plan:
+            if cache.plan is not self.plan and cache.plan != self.plan:
                 raise ValueError("this cache was made for another plan; start a new one (or pass none)")
             return cache
         if type(cache) is DynamicCache and cache.get_seq_length() == 0:
