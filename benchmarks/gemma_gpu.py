@@ -44,7 +44,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny settings, to check the script on CPU")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--budget-s", type=float, default=390, help="start no pass-key length that would end after this")
+    ap.add_argument("--finalize", metavar="GEMMA_GPU_JSON",
+                    help="only write the plan (OUT/gemma3-270m_0.33.json) from a finished run's gemma_gpu.json")
     args = ap.parse_args()
+    if args.finalize:
+        res = json.loads(Path(args.finalize).read_text())
+        label = next(k for k in res["policies"] if k.startswith(NAME))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        path = Path(args.out) / f"{NAME.replace('@', '_')}.json"
+        finalize(res, Results.from_json(res["results"]), label, path,
+                 eval_seconds=round(sum(r["seconds"] for r in res["runs"].values()), 1))
+        print(f"wrote {path}")
+        return
     t0 = time.perf_counter()
     cfg = QUICK if args.quick else FULL
     out = Path(args.out)
@@ -56,7 +67,8 @@ def main() -> None:
 
     command = tidy(shlex.join(["python3", "benchmarks/gemma_gpu.py", *sys.argv[1:]]))
 
-    plan_path = out / f"{NAME}.json"
+    plan_path = out / f"{NAME.replace('@', '_')}.json"  # the device tool returns no names with '@'
+
     argv = ["calibrate", args.gguf, "--out", str(plan_path), "--retrieval-ratio", RATIO, "--sink", "64", "--window",
             "256", "--length", str(cfg["calib_len"]), "--samples", str(cfg["calib_n"]), "--keys", str(cfg["keys"]),
             "--refine", "--device", args.device]
@@ -99,20 +111,7 @@ def main() -> None:
     eval_seconds = round(time.perf_counter() - eval_start, 1)
     results = save()
 
-    evaluation = {p.name: {f"{a['task']}@{a['length']}": {"accuracy": round(a["accuracy"], 4), "n": a["n"]}
-                           for a in results.aggregate(("task", "length"), policy=p.name)} for p in pols}
-    evaluation = {"this plan" if k == label else k: v for k, v in evaluation.items()}
-    model_info = dataclasses.replace(plan.model, name="gemma3-270m")
-    provenance = {**plan.provenance, "command": command, "calibrate_command": tidy(plan.provenance["command"]),
-                  "model_name": "gemma3-270m", "evaluation_seconds": eval_seconds,
-                  "note": f"Made by benchmarks/gemma_gpu.py, which runs `zigzag-attn calibrate` (calibrate_command) "
-                          f"and evaluates on held-out text (evaluation novels; {cfg['depths']} depths x "
-                          f"{cfg['per_cell']} prompts per length and task) against full attention, all-streaming "
-                          "and every other single-full-layer choice.",
-                  "evaluation": evaluation}
-    plan = zz.Plan.from_layers(plan.modes, sink=plan.sink, window=plan.window, model=model_info,
-                               provenance=provenance)
-    plan.save(plan_path)
+    finalize(res, results, label, plan_path, tidy, eval_seconds)
     for task in results.tasks:
         plots.heatmap(results, out / f"{task}_heatmap.png", task=task, policies=[p.name for p in pols],
                       columns=len(pols))
@@ -120,6 +119,27 @@ def main() -> None:
     print(f"wrote {plan_path} and {out / 'gemma_gpu.json'}; total {res['seconds']} s "
           f"(evaluation {eval_seconds} s)\n", flush=True)
     print(results.table(), flush=True)
+
+
+def finalize(res: dict, results: Results, label: str, plan_path: Path, tidy=lambda c: c,
+             eval_seconds: float | None = None) -> zz.Plan:
+    """Write the shipped plan: the calibrated one, with the command, times and evaluation numbers recorded."""
+    plan = zz.Plan.from_json(res["policies"][label])
+    evaluation = {"this plan" if name == label else name:
+                  {f"{a['task']}@{a['length']}": {"accuracy": round(a["accuracy"], 4), "n": a["n"]}
+                   for a in results.aggregate(("task", "length"), policy=name)} for name, _ in results.policies}
+    cfg = res["config"]
+    provenance = {**plan.provenance, "command": res["command"], "calibrate_command": tidy(plan.provenance["command"]),
+                  "model_name": "gemma3-270m", "evaluation_seconds": eval_seconds,
+                  "note": f"Made by benchmarks/gemma_gpu.py, which runs `zigzag-attn calibrate` (calibrate_command) "
+                          f"and evaluates on held-out text (evaluation novels; {cfg['depths']} depths x "
+                          f"{cfg['per_cell']} prompts per length and task) against full attention, all-streaming "
+                          "and every other single-full-layer choice.",
+                  "evaluation": evaluation}
+    plan = zz.Plan.from_layers(plan.modes, sink=plan.sink, window=plan.window,
+                               model=dataclasses.replace(plan.model, name="gemma3-270m"), provenance=provenance)
+    plan.save(plan_path)
+    return plan
 
 
 def calibrate(argv: list[str]):
