@@ -87,7 +87,22 @@ class SinkWindowLayer(DynamicLayer):
                                   "(assisted/speculative decoding is not supported with a zigzag plan)")
 
 
-class MixedLayer(DynamicLayer):
+class TwoPartLayer:
+    """What a mixed layer delegates to its two parts: `full` (retrieval heads) and `stream` (streaming heads)."""
+
+    @property
+    def stored_tokens(self) -> int:
+        return self.stream.stored_tokens
+
+    def reset(self) -> None:
+        self.full.reset()
+        self.stream.reset()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self.stream.crop(tokens_to_remove)
+
+
+class MixedLayer(TwoPartLayer, DynamicLayer):
     """DuoAttention layer: a full cache for the retrieval KV heads, a bounded one for the streaming heads."""
 
     is_sliding = False
@@ -116,17 +131,6 @@ class MixedLayer(DynamicLayer):
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.stream.seen + query_length, 0
-
-    @property
-    def stored_tokens(self) -> int:
-        return self.stream.stored_tokens
-
-    def reset(self) -> None:
-        self.full.reset()
-        self.stream.reset()
-
-    def crop(self, tokens_to_remove: int) -> None:
-        self.stream.crop(tokens_to_remove)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.full.reorder_cache(beam_idx)

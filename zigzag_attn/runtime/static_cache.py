@@ -16,7 +16,7 @@ from transformers.cache_utils import CacheLayerMixin, StaticLayer
 from transformers.utils import is_torchdynamo_compiling
 
 from ..plan import MIXED, STREAMING, Plan
-from .cache import SplitKV, head_groups, kv_nbytes
+from .cache import SplitKV, TwoPartLayer, head_groups, kv_nbytes
 from .step import Step
 
 
@@ -96,7 +96,7 @@ class RingLayer(CacheLayerMixin):
         raise NotImplementedError("streaming layers drop old tokens and cannot be rolled back")
 
 
-class StaticMixedLayer(CacheLayerMixin):
+class StaticMixedLayer(TwoPartLayer, CacheLayerMixin):
     """DuoAttention layer, static: a `StaticLayer` for the retrieval KV heads, a `RingLayer` for the others."""
 
     is_compileable = True
@@ -132,17 +132,6 @@ class StaticMixedLayer(CacheLayerMixin):
 
     def get_max_length(self) -> int:
         return self.max_cache_len
-
-    @property
-    def stored_tokens(self) -> int:
-        return self.stream.stored_tokens
-
-    def reset(self) -> None:
-        self.full.reset()
-        self.stream.reset()
-
-    def crop(self, tokens_to_remove: int) -> None:
-        self.stream.crop(tokens_to_remove)
 
 
 class ZigzagStaticCache(StaticCache):
