@@ -193,7 +193,7 @@ class Bench:
         t = time.time()
         times = []
         for i in range(warm + steps):
-            ms = cuda_ms(lambda c=cache: step(input_ids=tok, use_cache=True, **{self.cache_kw: c}))
+            ms = cuda_ms(lambda c=cache, f=step: f(input_ids=tok, use_cache=True, **{self.cache_kw: c}))
             if i == 0:
                 first = time.time() - t
             if i >= warm:
@@ -202,8 +202,14 @@ class Bench:
         row["first_call_s"] = first
         row["cache_bytes"] = kv_nbytes(cache.layers)
         self.emit(row)
-        del cache
-        if DEVICE == "cuda":  # CUDA graphs keep their static inputs (this cache) alive: drop them, keep the code
+        if self.args.profile:
+            top = top_kernels(lambda c=cache, f=step: f(input_ids=tok, use_cache=True, **{self.cache_kw: c}))
+            self.emit({"part": "profile", "policy": policy, "n": n, "batch": batch, "top": top})
+        del cache, step
+        # A new cache length compiles anew anyway (static-address tensors keep static shapes), so drop the
+        # compiled code and its CUDA graphs, which would otherwise keep this cache alive.
+        torch._dynamo.reset()
+        if DEVICE == "cuda":
             from torch._inductor.cudagraph_trees import reset_cudagraph_trees
 
             reset_cudagraph_trees()
@@ -266,6 +272,24 @@ def mark_filled(cache, n: int) -> None:
             cache.ring_pos.fill_(-1)
             cache.ring_pos[:, slot] = pos
             cache.next_pos.fill_(n)
+
+
+def top_kernels(fn, steps: int = 5, top: int = 15) -> list[dict]:
+    """The kernels one call of `fn` spends its device time in (torch profiler over `steps` calls), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = DEVICE == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        us = (e.device_time_total if cuda else e.self_cpu_time_total) / steps
+        if us > 0:
+            rows.append({"name": e.key[:90], "us_per_step": round(us, 1), "calls_per_step": e.count / steps})
+    return sorted(rows, key=lambda r: -r["us_per_step"])[:top]
 
 
 def copy_bandwidth() -> float:
@@ -356,6 +380,11 @@ def report(rows: list[dict], png: str | None) -> str:
             if p in maxctx:
                 ratio = maxctx[p]["n"] / maxctx["full"]["n"] if "full" in maxctx else math.nan
                 out.append(f"| {p} | {maxctx[p]['n']:,} | {ratio:.2f}× |")
+    for r in (r for r in rows if r["part"] == "profile"):
+        out.append(f"\n### Where one compiled step spends its time: {r['policy']}, N={r['n']}, B={r['batch']}\n")
+        out.append("| kernel | µs per step | calls per step |")
+        out.append("|---|---|---|")
+        out += [f"| `{k['name']}` | {k['us_per_step']:.1f} | {k['calls_per_step']:g} |" for k in r["top"]]
     if png:
         plot(latest, png)
     return "\n".join(out)
@@ -407,6 +436,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32, help="fewer layers for a quick run")
     ap.add_argument("--smoke", action="store_true", help="a tiny model of the same head shape (checks logic on CPU)")
     ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--profile", action="store_true", help="after each compiled point, the top kernels of a step")
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no new point after this many seconds")
     ap.add_argument("--report", nargs="*", help="only print tables (and --png) from these bench.jsonl files")
     ap.add_argument("--png")
@@ -438,7 +468,6 @@ def main() -> None:
                         reset_peak()
     if "compiled" in parts:
         for p in policies:
-            torch._dynamo.reset()
             for b in batches:
                 for n in filter(lambda _: in_budget(), contexts):
                     try:
