@@ -71,6 +71,10 @@ class Dispatch:
                 step.memo["block_mask"] = kernels.sink_window_block_mask(step.query_pos, step.key_pos,
                                                                          sink=step.sink, window=step.window)
             return kernels.sink_window_flex(q, k, v, step.memo["block_mask"], scale=scaling)
+        block = max(step.window, 16)
+        if step.aligned and q.shape[2] >= 2 * block:  # long prefill: skip the q_len x keys mask
+            return kernels.sink_window_blocked(q, k, v, step.query_pos, step.key_pos, sink=step.sink,
+                                               window=step.window, scale=scaling, block=block)
         return kernels.sink_window_sdpa(q, k, v, step.query_pos, step.key_pos, sink=step.sink, window=step.window,
                                         scale=scaling, masked=step.needs_mask)
 

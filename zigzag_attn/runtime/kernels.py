@@ -3,7 +3,8 @@
 Inputs are `(batch, heads, seq, head_dim)`; outputs `(batch, seq, heads, head_dim)`.
 
 - `decode_attention`: one query per row, grouped heads as matmuls that read each KV head once; any device.
-- `sink_window_sdpa`: masked torch SDPA; any device; short chunks and CPU prefill.
+- `sink_window_sdpa`: masked torch SDPA; any device; short chunks.
+- `sink_window_blocked`: the same in query blocks, work ~ N * (sink + window); long prefill without FlexAttention.
 - `sink_window_flex`: FlexAttention with a sparse block mask; CUDA prefill, cost ~ N * (sink + window).
 - `causal_flash`: the `flash-attn` package when installed (CUDA, fp16/bf16, no padding).
 """
@@ -74,6 +75,29 @@ def sink_window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_po
         k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     return out.transpose(1, 2)
+
+
+def sink_window_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_pos: torch.Tensor,
+                        key_pos: torch.Tensor, *, sink: int, window: int, scale: float | None,
+                        block: int) -> torch.Tensor:
+    """Sink + window attention over blocks of `block` queries, for rows without padding (identical positions).
+
+    Keys are `[kept cache | the queries' own]`; each block attends the kept cache, the new sink keys, and the new
+    keys from `window - 1` before its first query to its last, so it never builds a `q_len x keys` mask.
+    Shapes as `sink_window_sdpa`.
+    """
+    n = q.shape[2]
+    cached = k.shape[2] - n
+    new_sinks = min(max(sink - int(query_pos[0, 0]), 0), n)  # new keys that are sinks (a short or empty cache)
+    out = []
+    for a in range(0, n, block):
+        b, lo = min(a + block, n), max(0, a - window + 1)
+        spans = [(0, cached + min(new_sinks, lo)), (cached + lo, cached + b)]
+        kk, vv = (torch.cat([x[:, :, s:e] for s, e in spans], dim=2) for x in (k, v))
+        pos = torch.cat([key_pos[:, s:e] for s, e in spans], dim=1)
+        out.append(sink_window_sdpa(q[:, :, a:b], kk, vv, query_pos[:, a:b], pos, sink=sink, window=window,
+                                    scale=scale))
+    return torch.cat(out, dim=1)
 
 
 FLEX_MIN_QUERIES = 128  # one query block; below it inductor picks flex decoding, which needs other shapes
