@@ -29,6 +29,11 @@ class SplitKV:
     streaming: torch.Tensor
 
 
+def head_split(row) -> tuple[list[int], list[int]]:
+    """A mixed layer's KV heads from its plan row (True = retrieval): (retrieval heads, streaming heads)."""
+    return [h for h, r in enumerate(row) if r], [h for h, r in enumerate(row) if not r]
+
+
 def head_groups(retrieval: list[int], streaming: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Index tensors of a mixed layer's retrieval and streaming KV heads."""
     return torch.tensor(retrieval, device=device), torch.tensor(streaming, device=device)
@@ -38,7 +43,7 @@ def kv_nbytes(layers) -> int:
     """Bytes of keys and values held by cache layers (the two parts of mixed layers counted)."""
     total = 0
     for layer in layers:
-        for sub in (layer.full, layer.stream) if hasattr(layer, "stream") else (layer,):
+        for sub in (layer.full, layer.stream) if isinstance(layer, TwoPartLayer) else (layer,):
             if sub.is_initialized:
                 total += sum(t.numel() * t.element_size() for t in (sub.keys, sub.values))
     return total
@@ -145,8 +150,23 @@ class MixedLayer(TwoPartLayer, DynamicLayer):
         self.stream.batch_select_indices(indices)
 
 
-class ZigzagCache(DynamicCache):
+class StepRouting:
+    """Cache mixin: layers of the classes in `step_layers` get this forward's `Step` with their update."""
+
+    step_layers: tuple[type, ...] = ()
+    step: Step | None
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        if isinstance(layer, self.step_layers):
+            return layer.update(key_states, value_states, self.step)
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+
+class ZigzagCache(StepRouting, DynamicCache):
     """A `DynamicCache` for a model patched with `plan`; `patch` creates one for every forward that needs it."""
+
+    step_layers = (SinkWindowLayer, MixedLayer)
 
     def __init__(self, config, plan: Plan):
         super().__init__(config=config)
@@ -158,9 +178,7 @@ class ZigzagCache(DynamicCache):
             if mode == STREAMING:
                 self.layers[i] = SinkWindowLayer()
             elif mode == MIXED:
-                row = plan.heads[i]
-                retrieval = [h for h, r in enumerate(row) if r]
-                self.layers[i] = MixedLayer(retrieval, [h for h in range(len(row)) if h not in retrieval])
+                self.layers[i] = MixedLayer(*head_split(plan.heads[i]))
         self.stream_pos: torch.Tensor | None = None  # (batch, kept): logical positions of the kept streaming keys
         self.seen = 0
         self.aligned = True
@@ -189,12 +207,6 @@ class ZigzagCache(DynamicCache):
         self.stream_pos, self.seen = kept, self.seen + q_len
         self.step = Step(query_pos, key_pos, sink, window, self.aligned, keep)
         return self.step
-
-    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        layer = self.layers[layer_idx]
-        if isinstance(layer, (SinkWindowLayer, MixedLayer)):
-            return layer.update(key_states, value_states, self.step)
-        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def stored_tokens(self) -> list[int]:
         """Tokens each layer holds now (for streaming layers, at most sink + window - 1)."""

@@ -16,7 +16,7 @@ from transformers.cache_utils import CacheLayerMixin, StaticLayer
 from transformers.utils import is_torchdynamo_compiling
 
 from ..plan import MIXED, STREAMING, Plan
-from .cache import SplitKV, TwoPartLayer, head_groups, kv_nbytes
+from .cache import SplitKV, StepRouting, TwoPartLayer, head_groups, head_split, kv_nbytes
 from .step import Step
 
 
@@ -134,12 +134,14 @@ class StaticMixedLayer(TwoPartLayer, CacheLayerMixin):
         return self.max_cache_len
 
 
-class ZigzagStaticCache(StaticCache):
+class ZigzagStaticCache(StepRouting, StaticCache):
     """A `StaticCache` for a model patched with `plan`: pass it as the cache, or let `generate` make a static one.
 
     Retrieval layers are transformers' static layers of `max_cache_len` tokens; streaming layers are rings of
     sink + window + 1 slots whatever the length.
     """
+
+    step_layers = (RingLayer, StaticMixedLayer)
 
     def __init__(self, config, plan: Plan, max_cache_len: int):
         super().__init__(config=config, max_cache_len=max_cache_len)
@@ -151,9 +153,7 @@ class ZigzagStaticCache(StaticCache):
             if mode == STREAMING:
                 self.layers[i] = RingLayer(self.capacity, max_cache_len)
             elif mode == MIXED:
-                row = plan.heads[i]
-                self.layers[i] = StaticMixedLayer([h for h, r in enumerate(row) if r],
-                                                  [h for h, r in enumerate(row) if not r], self.capacity, max_cache_len)
+                self.layers[i] = StaticMixedLayer(*head_split(plan.heads[i]), self.capacity, max_cache_len)
         self.ring_pos: torch.Tensor | None = None  # (batch, capacity): position held by each slot, -1 = empty
         self.next_pos: torch.Tensor | None = None  # (batch,): position of each row's next real token
         self.step: Step | None = None
@@ -183,12 +183,6 @@ class ZigzagStaticCache(StaticCache):
         key_pos = self.ring_pos if before else torch.cat([old, query_pos], dim=1)
         self.step = Step(query_pos, key_pos, sink, window, aligned=False, keep=RingWrite(slot, before))
         return self.step
-
-    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        layer = self.layers[layer_idx]
-        if isinstance(layer, (RingLayer, StaticMixedLayer)):
-            return layer.update(key_states, value_states, self.step)
-        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def get_seq_length(self, layer_idx: int = 0):
         """Tokens seen, from a non-sliding layer: the model's own sliding layers count in Python ints."""
