@@ -180,7 +180,7 @@ class Bench:
         self.use(policy)
         warm, steps = 3, self.args.steps
         max_len = n + warm + steps + 8
-        need = self.kv_bytes_full(max_len, batch) * (1 if self.plans[policy] is None else 0.5) * 1.05
+        need = self.kv_read(policy, max_len, batch) * 1.05
         if DEVICE == "cuda" and need > torch.cuda.mem_get_info()[0]:
             self.emit({"part": "compiled", "policy": policy, "n": n, "batch": batch, "skipped": "memory"})
             return

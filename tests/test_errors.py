@@ -145,6 +145,8 @@ def test_four_d_mask_and_foreign_cache(llama):
         full.update(torch.zeros(1, 2, 3, 16), torch.zeros(1, 2, 3, 16), 0)
         with pytest.raises(ValueError, match="keeps its own cache; got a DynamicCache with tokens"):
             llama(x, cache=full, use_cache=True)
+        with pytest.raises(ValueError, match="keeps its own cache; got a tuple"):
+            llama(x, cache=((torch.zeros(1, 2, 3, 16),) * 2,), use_cache=True)
         with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 7\) .* expected \(1, 10\)"):
             llama(x, attention_mask=torch.ones(1, 7, dtype=torch.long))
         cache = zz.make_cache(llama)

@@ -216,7 +216,7 @@ class _PreHook:
             return cache
         if type(cache) is DynamicCache and cache.get_seq_length() == 0:
             return ZigzagCache(self.config, self.plan)  # e.g. the empty cache generate() makes
-        fresh = not any(layer.is_initialized for layer in cache.layers)
+        fresh = not any(layer.is_initialized for layer in getattr(cache, "layers", ()))
         if type(cache) is StaticCache and fresh:  # generate(cache_implementation="static")
             return ZigzagStaticCache(self.config, self.plan, max(layer.max_cache_len for layer in cache.layers))
         raise ValueError(f"a patched model keeps its own cache; got a {type(cache).__name__} "
