@@ -79,6 +79,7 @@ def cuda_ms(fn) -> float:
 class Bench:
     def __init__(self, args):
         self.args = args
+        self.policy, self.step = None, None  # patched for, compiled call
         cfg = llama3_8b(args.layers, args.smoke)
         t = time.time()
         with torch.device(DEVICE):
@@ -105,9 +106,25 @@ class Bench:
         self.log.flush()
 
     def use(self, policy: str):
+        """Patch for `policy` (kept as is when already so: a new patch would recompile the compiled step)."""
+        if getattr(self, "policy", None) == policy:
+            return
+        self.reset_compiled()
         zz.unpatch(self.model)
         if self.plans[policy] is not None:
-            zz.patch(self.model, self.plans[policy])
+            zz.patch(self.model, self.plans[policy], decode_backend=self.args.decode_backend)
+        self.policy = policy
+
+    def reset_compiled(self) -> None:
+        """Drop compiled code and its CUDA graphs, which keep every cache they ran on alive."""
+        self.step = None
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        if DEVICE == "cuda":
+            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+            reset_cudagraph_trees()
+        reset_peak()
 
     def kv_bytes_full(self, n: int, batch: int) -> int:
         c = self.cfg
@@ -182,6 +199,8 @@ class Bench:
         max_len = n + warm + steps + 8
         need = self.kv_read(policy, max_len, batch) * 1.05
         if DEVICE == "cuda" and need > torch.cuda.mem_get_info()[0]:
+            self.reset_compiled()  # earlier lengths' CUDA graphs hold their caches
+        if DEVICE == "cuda" and need > torch.cuda.mem_get_info()[0]:
             self.emit({"part": "compiled", "policy": policy, "n": n, "batch": batch, "skipped": "memory"})
             return
         cache = (StaticCache(config=self.cfg, max_cache_len=max_len) if self.plans[policy] is None
@@ -189,7 +208,9 @@ class Bench:
         tok = torch.randint(10, 1000, (batch, 1), device=DEVICE)
         self.model(input_ids=tok, use_cache=True, **{self.cache_kw: cache})  # allocates the cache, eagerly
         mark_filled(cache, n)
-        step = self.model.get_compiled_call(CompileConfig(dynamic=self.args.dynamic))
+        if self.step is None:  # one compiled call per policy: a new cache length reuses or re-records it
+            self.step = self.model.get_compiled_call(CompileConfig(dynamic=self.args.dynamic))
+        step = self.step
         t = time.time()
         times = []
         for i in range(warm + steps):
@@ -199,21 +220,16 @@ class Bench:
             if i >= warm:
                 times.append(ms)
         row = self.decode_row("compiled", policy, n, batch, times)
-        row["first_call_s"] = first
+        row["first_call_s"] = first  # compile (or a new CUDA graph) + one step
+        stats = torch._dynamo.utils.counters
+        row["graphs"] = stats["stats"]["unique_graphs"]  # since the last reset: 1 = no recompiles
+        row["graph_breaks"] = sum(stats["graph_break"].values())
         row["cache_bytes"] = kv_nbytes(cache.layers)
         self.emit(row)
         if self.args.profile:
             top = top_kernels(lambda c=cache, f=step: f(input_ids=tok, use_cache=True, **{self.cache_kw: c}))
             self.emit({"part": "profile", "policy": policy, "n": n, "batch": batch, "top": top})
         del cache, step
-        # A new cache length compiles anew anyway (static-address tensors keep static shapes), so drop the
-        # compiled code and its CUDA graphs, which would otherwise keep this cache alive.
-        torch._dynamo.reset()
-        if DEVICE == "cuda":
-            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
-
-            reset_cudagraph_trees()
-        reset_peak()
 
     @torch.no_grad()
     def max_context(self, policy: str) -> None:
@@ -274,8 +290,9 @@ def mark_filled(cache, n: int) -> None:
             cache.next_pos.fill_(n)
 
 
-def top_kernels(fn, steps: int = 5, top: int = 15) -> list[dict]:
-    """The kernels one call of `fn` spends its device time in (torch profiler over `steps` calls), largest first."""
+def top_kernels(fn, steps: int = 5, top: int = 40) -> list[dict]:
+    """The kernels one call of `fn` spends its device time in (torch profiler over `steps` calls), largest first;
+    the first row sums all of them."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = DEVICE == "cuda"
@@ -289,7 +306,9 @@ def top_kernels(fn, steps: int = 5, top: int = 15) -> list[dict]:
         us = (e.device_time_total if cuda else e.self_cpu_time_total) / steps
         if us > 0:
             rows.append({"name": e.key[:90], "us_per_step": round(us, 1), "calls_per_step": e.count / steps})
-    return sorted(rows, key=lambda r: -r["us_per_step"])[:top]
+    total = {"name": "(all kernels)", "us_per_step": round(sum(r["us_per_step"] for r in rows), 1),
+             "calls_per_step": sum(r["calls_per_step"] for r in rows)}
+    return [total] + sorted(rows, key=lambda r: -r["us_per_step"])[:top]
 
 
 def copy_bandwidth() -> float:
@@ -315,10 +334,37 @@ def matmul_tflops() -> float:
 # --- report ---------------------------------------------------------------------------------------------------
 
 def load_rows(paths: list[str]) -> list[dict]:
+    """Rows of bench.jsonl files, each tagged with its file's name (`run`)."""
     rows = []
     for p in paths:
-        rows += [json.loads(line) for line in Path(p).read_text().splitlines() if line.strip()]
+        rows += [{**json.loads(line), "run": Path(p).stem} for line in Path(p).read_text().splitlines()
+                 if line.strip()]
     return rows
+
+
+def repeats(rows: list[dict]) -> list[str]:
+    """Compiled decode points measured in several runs: ms per run, spread, and zigzag's same-run speed-ups."""
+    runs = list(dict.fromkeys(r["run"] for r in rows if r["part"] == "compiled" and "ms" in r))
+    ms = {(r["policy"], r["batch"], r["n"], r["run"]): r["ms"] for r in rows if r["part"] == "compiled" and "ms" in r}
+    points = sorted({k[:3] for k in ms}, key=lambda k: (POLICIES.index(k[0]), k[1], k[2]))
+    points = [p for p in points if sum(p + (run,) in ms for run in runs) > 1]
+    if not points:
+        return []
+    out = ["\n### Repeat runs, compiled decode (ms per run; spread = slowest / fastest - 1)\n",
+           "| policy | B | N | " + " | ".join(runs) + " | spread |", "|---|---|---|" + "---|" * (len(runs) + 1)]
+    for p in points:
+        got = [ms.get(p + (run,)) for run in runs]
+        vals = [v for v in got if v is not None]
+        out.append(f"| {p[0]} | {p[1]} | {p[2]} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in got)
+                   + f" | {max(vals) / min(vals) - 1:.0%} |")
+    same = [(run, b, n, ms[(other, b, n, run)] / ms[("zigzag", b, n, run)], other)
+            for (pol, b, n, run) in ms if pol == "zigzag" for other in ("mixed", "full", "fullk")
+            if (other, b, n, run) in ms]
+    if same:
+        out += ["\n### Zigzag's speed-up measured within one run (compiled decode)\n",
+                "| run | B | N | vs | speed-up |", "|---|---|---|---|---|"]
+        out += [f"| {run} | {b} | {n} | {o} | {x:.2f}× |" for run, b, n, x, o in sorted(same)]
+    return out
 
 
 def report(rows: list[dict], png: str | None) -> str:
@@ -380,11 +426,25 @@ def report(rows: list[dict], png: str | None) -> str:
             if p in maxctx:
                 ratio = maxctx[p]["n"] / maxctx["full"]["n"] if "full" in maxctx else math.nan
                 out.append(f"| {p} | {maxctx[p]['n']:,} | {ratio:.2f}× |")
-    for r in (r for r in rows if r["part"] == "profile"):
-        out.append(f"\n### Where one compiled step spends its time: {r['policy']}, N={r['n']}, B={r['batch']}\n")
+    out += repeats(rows)
+    profiles = [r for r in rows if r["part"] == "profile"]
+    if profiles:
+        wall = {(r["run"], r["policy"], r["n"], r["batch"]): r["ms"] for r in rows
+                if r["part"] == "compiled" and "ms" in r}
+        out.append("\n### Device time inside a compiled step (torch profiler) against its wall time\n")
+        out.append("| run | policy | B | N | wall ms | kernel ms | kernels | wall - kernels ms |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for r in profiles:
+            w, k = wall.get((r["run"], r["policy"], r["n"], r["batch"])), r["top"][0]
+            if w is not None and k["name"] == "(all kernels)":
+                kms = k["us_per_step"] / 1e3
+                out.append(f"| {r['run']} | {r['policy']} | {r['batch']} | {r['n']} | {w:.2f} | {kms:.2f} | "
+                           f"{k['calls_per_step']:g} | {w - kms:.2f} |")
+    for r in (r for r in profiles if r["n"] == 32768 and r["batch"] == 1):
+        out.append(f"\n### Top kernels of one compiled step: {r['policy']}, N={r['n']}, B={r['batch']} ({r['run']})\n")
         out.append("| kernel | µs per step | calls per step |")
         out.append("|---|---|---|")
-        out += [f"| `{k['name']}` | {k['us_per_step']:.1f} | {k['calls_per_step']:g} |" for k in r["top"]]
+        out += [f"| `{k['name']}` | {k['us_per_step']:.1f} | {k['calls_per_step']:g} |" for k in r["top"][:12]]
     if png:
         plot(latest, png)
     return "\n".join(out)
@@ -433,6 +493,8 @@ def main() -> None:
     ap.add_argument("--dynamic", choices=("auto", "true"), default="auto",
                     help="compile with dynamic shapes: auto = transformers' default (specialise, then generalise on "
                          "the first new shape); true = one graph for every length and batch (fewer compiles)")
+    ap.add_argument("--decode-backend", choices=("auto", "sdpa", "split"), default="auto",
+                    help="zigzag's decode kernel for patched policies (auto: sdpa on CUDA, split elsewhere)")
     ap.add_argument("--layers", type=int, default=32, help="fewer layers for a quick run")
     ap.add_argument("--smoke", action="store_true", help="a tiny model of the same head shape (checks logic on CPU)")
     ap.add_argument("--out", default="bench-out")
@@ -472,9 +534,14 @@ def main() -> None:
                 for n in filter(lambda _: in_budget(), contexts):
                     try:
                         bench.compiled(p, n, b)
-                    except torch.OutOfMemoryError:
-                        bench.emit({"part": "compiled", "policy": p, "n": n, "batch": b, "skipped": "OOM"})
-                        reset_peak()
+                    except torch.OutOfMemoryError:  # earlier lengths' graphs hold their caches: free, try again
+                        bench.reset_compiled()
+                        try:
+                            bench.compiled(p, n, b)
+                        except torch.OutOfMemoryError:
+                            bench.emit({"part": "compiled", "policy": p, "n": n, "batch": b, "skipped": "OOM"})
+                            bench.reset_compiled()
+                bench.reset_compiled()
     if "maxctx" in parts and DEVICE == "cuda":
         for p in (p for p in policies if p != "fullk" and in_budget()):  # fullk holds what full holds
             bench.max_context(p)

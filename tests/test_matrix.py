@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from reference import reference_logits
 
@@ -67,11 +68,12 @@ def test_chunked_prefill(case):
 
 
 @torch.no_grad()
-def test_decode_past_window(case):
+@pytest.mark.parametrize("decode", ["split", "sdpa"])  # CPU default: split; CUDA default: sdpa
+def test_decode_past_window(case, decode):
     _, model, plan = case
     x = ids(70, seed=3)
     ref = reference_logits(model, plan, x)
-    zz.patch(model, plan)
+    zz.patch(model, plan, decode_backend=decode)
     out, cache = run_chunks(model, x, [6] + [1] * 64)
     assert max_err(out, ref) <= TOL
     assert_bounded(cache, plan)
@@ -102,7 +104,8 @@ def test_generate_bounded(case):
 
 
 @torch.no_grad()
-def test_left_padded_batch(case):
+@pytest.mark.parametrize("decode", ["split", "sdpa"])
+def test_left_padded_batch(case, decode):
     _, model, plan = case
     rows = [ids(12, seed=5)[0], ids(21, seed=6)[0]]
     n = max(len(r) for r in rows)
@@ -110,7 +113,7 @@ def test_left_padded_batch(case):
     mask = torch.zeros(2, n, dtype=torch.long)
     for b, r in enumerate(rows):
         batch[b, n - len(r):], mask[b, n - len(r):] = r, 1
-    zz.patch(model, plan)
+    zz.patch(model, plan, decode_backend=decode)
     together = model.generate(batch, attention_mask=mask, max_new_tokens=25, min_new_tokens=25, do_sample=False)
     for b, r in enumerate(rows):
         alone = model.generate(r[None], max_new_tokens=25, min_new_tokens=25, do_sample=False)

@@ -12,6 +12,8 @@ import zigzag_attn as zz
 from zigzag_attn.runtime.static_cache import RingLayer, StaticMixedLayer, ZigzagStaticCache
 
 TOL = 1e-4
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DECODE_BACKENDS = ["split", "sdpa"]
 
 
 def run_static(model, x, sizes, max_cache_len, mask=None):
@@ -32,12 +34,14 @@ def assert_rings(cache: ZigzagStaticCache, plan, batch: int):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("sizes", [[6] + [1] * 64, [30, 17, 1, 22], [70]], ids=["decode", "chunks", "one-pass"])
-def test_static_matches_reference(case, sizes):
+@pytest.mark.parametrize("sizes,backend", [([6] + [1] * 64, b) for b in DECODE_BACKENDS] +
+                         [([30, 17, 1, 22], "auto"), ([70], "auto")],
+                         ids=[f"decode-{b}" for b in DECODE_BACKENDS] + ["chunks", "one-pass"])
+def test_static_matches_reference(case, sizes, backend):
     _, model, plan = case
     x = ids(70, seed=3)
     ref = reference_logits(model, plan, x)
-    zz.patch(model, plan)
+    zz.patch(model, plan, decode_backend=backend)
     out, cache = run_static(model, x, sizes, max_cache_len=80)
     assert max_err(out, ref) <= TOL
     assert_rings(cache, plan, 1)
@@ -45,14 +49,15 @@ def test_static_matches_reference(case, sizes):
 
 
 @torch.no_grad()
-def test_static_left_padded_generate(case):
+@pytest.mark.parametrize("backend", DECODE_BACKENDS)
+def test_static_left_padded_generate(case, backend):
     _, model, plan = case
     rows = [ids(12, seed=5)[0], ids(21, seed=6)[0]]
     n = max(len(r) for r in rows)
     batch, mask = torch.zeros(2, n, dtype=torch.long), torch.zeros(2, n, dtype=torch.long)
     for b, r in enumerate(rows):
         batch[b, n - len(r):], mask[b, n - len(r):] = r, 1
-    zz.patch(model, plan)
+    zz.patch(model, plan, decode_backend=backend)
     kw = dict(max_new_tokens=25, min_new_tokens=25, do_sample=False)
     static = model.generate(batch, attention_mask=mask, cache_implementation="static", **kw)
     dynamic = model.generate(batch, attention_mask=mask, **kw)
@@ -68,14 +73,15 @@ def test_static_left_padded_generate(case):
 @torch.no_grad()
 @pytest.mark.parametrize("family_model", ["llama", "qwen3"], indirect=True)
 @pytest.mark.parametrize("dynamic", [False, True])
-def test_compiled_decode_one_graph(case, dynamic):
+@pytest.mark.parametrize("decode", DECODE_BACKENDS)
+def test_compiled_decode_one_graph(case, dynamic, decode):
     """A decode step compiles to one graph (no breaks) that serves every step (no recompiles) and stays exact.
 
     (Not Gemma 3: transformers' own static sliding layers count tokens in Python ints and recompile every step.)"""
     _, model, plan = case
     x = ids(60, seed=8)
     ref = reference_logits(model, plan, x)
-    zz.patch(model, plan)
+    zz.patch(model, plan, decode_backend=decode)
     graphs = []
 
     def backend(gm, example_inputs):
@@ -106,21 +112,30 @@ def test_static_cache_errors(family_model):
             model(ids(1, batch=2), cache=cache)
 
 
+@pytest.mark.parametrize("backend", DECODE_BACKENDS)
 @pytest.mark.parametrize("keys", [7, 300, 1024, 1100, 2048])
-def test_decode_attention_matches_sdpa(keys):
-    """Split over key chunks, grouped heads, boolean / additive / no mask; a fully masked chunk is harmless."""
+def test_decode_attention_matches_sdpa(keys, backend):
+    """Split over key chunks or SDPA, grouped heads, boolean / additive / no mask; a fully masked chunk is
+    harmless; a row that sees nothing (a padding query) stays finite."""
     from zigzag_attn.runtime.kernels import decode_attention
 
     g = torch.Generator().manual_seed(keys)
-    q, k, v = (torch.randn(2, h, n, 16, generator=g) for h, n in ((8, 1), (2, keys), (2, keys)))
-    mask = torch.rand(2, 1, 1, keys, generator=g) > 0.3
+    q, k, v = (torch.randn(3, h, n, 16, generator=g).to(DEVICE) for h, n in ((8, 1), (2, keys), (2, keys)))
+    mask = (torch.rand(3, 1, 1, keys, generator=g) > 0.3).to(DEVICE)
     mask[1, ..., : keys // 2] = False
     mask[..., -1] = True
+    mask[2] = False
     ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1),
                                                            attn_mask=mask, scale=0.3).transpose(1, 2)
     additive = torch.where(mask, 0.0, torch.finfo(torch.float32).min)
+    sdpa = backend == "sdpa"
     for m in (mask, additive):
-        assert (decode_attention(q, k, v, m, scale=0.3) - ref).abs().max() < 1e-5
+        out = decode_attention(q, k, v, m, scale=0.3, sdpa=sdpa)
+        assert out[2].isfinite().all()
+        assert (out[:2] - ref[:2]).abs().max() < 1e-5
+    one_row = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(
+        4, 1), attn_mask=mask[:1], scale=0.3).transpose(1, 2)  # one mask row for the whole batch
+    assert (decode_attention(q, k, v, mask[:1], scale=0.3, sdpa=sdpa) - one_row).abs().max() < 1e-5
     everything = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(4, 1),
                                                                   v.repeat_interleave(4, 1)).transpose(1, 2)
-    assert (decode_attention(q, k, v, None, scale=None) - everything).abs().max() < 1e-5
+    assert (decode_attention(q, k, v, None, scale=None, sdpa=sdpa) - everything).abs().max() < 1e-5

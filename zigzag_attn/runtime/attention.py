@@ -19,6 +19,7 @@ from .step import Step
 
 STREAMING_BACKENDS = ("auto", "sdpa", "flex")
 RETRIEVAL_BACKENDS = ("auto", "native", "flash")
+DECODE_BACKENDS = ("auto", "sdpa", "split")
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,13 @@ class Dispatch:
     original: Callable  # the model's own attention function
     streaming_backend: str = "auto"
     retrieval_backend: str = "auto"
+    decode_backend: str = "auto"
     # looked up once here: inside a compiled decode step an import check would break the graph
     has_flash: bool = field(default_factory=kernels.flash_attn_installed)
     has_flex: bool = field(default_factory=kernels.flex_available)
+
+    def sdpa_decode(self, q: torch.Tensor) -> bool:
+        return self.decode_backend == "sdpa" or (self.decode_backend == "auto" and q.is_cuda)
 
     def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         step: Step | None = kwargs.pop("zigzag_step", None)
@@ -57,7 +62,7 @@ class Dispatch:
         plain = dropout == 0.0 and kwargs.get("softcap") is None and kwargs.get("s_aux") is None
         one_row = mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] == 1)
         if q.shape[2] == 1 and plain and one_row:
-            return kernels.decode_attention(q, k, v, mask, scale=scaling)
+            return kernels.decode_attention(q, k, v, mask, scale=scaling, sdpa=self.sdpa_decode(q))
         return self.original(module, q, k, v, mask, scaling=scaling, dropout=dropout, **kwargs)[0]
 
     def streaming(self, q, k, v, step: Step, scaling) -> torch.Tensor:
@@ -76,7 +81,7 @@ class Dispatch:
             return kernels.sink_window_blocked(q, k, v, step.query_pos, step.key_pos, sink=step.sink,
                                                window=step.window, scale=scaling, block=block)
         return kernels.sink_window_sdpa(q, k, v, step.query_pos, step.key_pos, sink=step.sink, window=step.window,
-                                        scale=scaling, masked=step.needs_mask)
+                                        scale=scaling, masked=step.needs_mask, sdpa_decode=self.sdpa_decode(q))
 
     def mixed(self, module, q, k, v, mask, scaling, dropout, step: Step, kwargs) -> torch.Tensor:
         """Two calls on the two head groups, one concatenation, heads back in model order."""

@@ -2,7 +2,8 @@
 
 Inputs are `(batch, heads, seq, head_dim)`; outputs `(batch, seq, heads, head_dim)`.
 
-- `decode_attention`: one query per row, grouped heads as matmuls that read each KV head once; any device.
+- `decode_attention`: one query per row, reading each KV head once: SDPA with grouped heads (CUDA), or
+  split-key torch matmuls (CPU).
 - `sink_window_sdpa`: masked torch SDPA; any device; short chunks.
 - `sink_window_blocked`: the same in query blocks, work ~ N * (sink + window); long prefill without FlexAttention.
 - `sink_window_flex`: FlexAttention with a sparse block mask; CUDA prefill, cost ~ N * (sink + window).
@@ -21,20 +22,31 @@ from .step import sink_window_mask
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
-                     scale: float | None, chunk: int = 512) -> torch.Tensor:
-    """Attention of one new token per row, split over key chunks (flash-decoding in plain torch ops).
+                     scale: float | None, chunk: int = 512, sdpa: bool = False) -> torch.Tensor:
+    """Attention of one new token per row, reading each KV head once.
 
     q: `(batch, q_heads, 1, head_dim)`; k, v: `(batch, kv_heads, keys, head_dim)`; mask: None (every key),
     boolean (True = attend) or additive, broadcastable to `(batch, 1, 1, keys)`.
-    Returns `(batch, 1, q_heads, head_dim)`.
-    The q heads sharing a KV head are rows of one matmul, so keys and values are read once (SDPA takes grouped
-    heads with a mask only by copying them); chunks of keys are separate matmuls, so long caches fill the GPU.
+    Returns `(batch, 1, q_heads, head_dim)`. A row that sees nothing (a padding query) gets no NaN.
+    `sdpa=True`: torch SDPA with grouped heads (`enable_gqa`) and an additive mask, one fused kernel on CUDA.
+    Otherwise flash-decoding in torch ops: the q heads sharing a KV head are rows of one matmul, and chunks of
+    `chunk` keys are separate matmuls merged by their softmax maxima (fast on CPU, where SDPA copies heads).
     """
     b, h, _, d = q.shape
     kv, n = k.shape[1], k.shape[2]
+    if mask is not None:
+        mask = mask[..., -1:, :n]
+    if sdpa:
+        low = torch.finfo(q.dtype).min  # additive and finite: a row that sees nothing stays finite
+        if mask is not None and mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, low)
+        elif mask is not None:
+            mask = mask.clamp(min=low).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=_grouped(q, k))
+        return out.transpose(1, 2)
     q = q.reshape(b, kv, 1, h // kv, d) * (scale if scale is not None else d ** -0.5)
     if mask is not None:
-        mask = mask[..., -1:, :n].reshape(mask.shape[0], 1, 1, 1, n)
+        mask = mask.reshape(mask.shape[0], 1, 1, 1, n)
         if mask.dtype == torch.bool:  # a padding query sees nothing: let it see all, never NaN (0 x NaN poisons)
             mask = mask | ~mask.any(-1, keepdim=True)
     main = n // chunk * chunk if n >= 2 * chunk else 0
@@ -44,6 +56,13 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     w = torch.exp(top - top.amax(2, keepdim=True))  # chunk weights; 0 for chunks with nothing to see
     out = (part * w).sum(2) / (total * w).sum(2)
     return out.to(v.dtype).reshape(b, 1, h, d)
+
+
+def _grouped(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """More q heads than KV heads, as a plain bool (an `if`: under dynamic compile a comparison is symbolic)."""
+    if q.shape[1] != k.shape[1]:
+        return True
+    return False
 
 
 def _chunks(q, k, v, mask, c: int):
@@ -60,20 +79,21 @@ def _chunks(q, k, v, mask, c: int):
 
 def sink_window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_pos: torch.Tensor,
                      key_pos: torch.Tensor, *, sink: int, window: int, scale: float | None,
-                     masked: bool = True) -> torch.Tensor:
+                     masked: bool = True, sdpa_decode: bool = False) -> torch.Tensor:
     """Sink + window attention with torch SDPA.
 
     q: `(batch, q_heads, q_len, head_dim)`; k, v: `(batch, kv_heads, visible, head_dim)`;
     query_pos `(batch, q_len)`, key_pos `(batch, visible)` logical positions (-1 = padding).
-    `masked=False` skips the mask when every visible key is allowed (aligned decode).
+    `masked=False` skips the mask when every visible key is allowed (aligned decode);
+    `sdpa_decode`: one query per row goes to `decode_attention` with `sdpa=sdpa_decode`.
     """
     mask = sink_window_mask(query_pos, key_pos, sink, window) if masked else None
     if q.shape[2] == 1:
-        return decode_attention(q, k, v, mask, scale=scale)
+        return decode_attention(q, k, v, mask, scale=scale, sdpa=sdpa_decode)
     group = q.shape[1] // k.shape[1]
     if q.is_cuda and mask is not None and group > 1:  # with a mask, CUDA SDPA takes GQA only in its O(seq^2) math path
         k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=_grouped(q, k))
     return out.transpose(1, 2)
 
 
@@ -168,7 +188,7 @@ def sink_window_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_ma
                      scale: float | None) -> torch.Tensor:
     """Sink + window attention with FlexAttention over a `sink_window_block_mask`. Shapes as `sink_window_sdpa`."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # one layout: no recompiles for head slices
-    out = _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    out = _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=_grouped(q, k))
     return out.transpose(1, 2)
 
 

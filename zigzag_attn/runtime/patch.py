@@ -25,7 +25,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..model_info import describe
 from ..plan import Plan
-from .attention import RETRIEVAL_BACKENDS, STREAMING_BACKENDS, Dispatch
+from .attention import DECODE_BACKENDS, RETRIEVAL_BACKENDS, STREAMING_BACKENDS, Dispatch
 from .cache import ZigzagCache
 from .static_cache import ZigzagStaticCache, new_tokens_valid
 from .step import Step, logical_positions
@@ -52,11 +52,14 @@ def check_transformers_version(version: str | None = None) -> None:
                            f"this environment has {v}: pip install 'transformers>=5.17,<6'")
 
 
-def patch(model, plan: Plan, *, streaming_backend: str = "auto", retrieval_backend: str = "auto"):
+def patch(model, plan: Plan, *, streaming_backend: str = "auto", retrieval_backend: str = "auto",
+          decode_backend: str = "auto"):
     """Make `model` follow `plan` in place and return it. Re-patching replaces the previous plan.
 
     streaming_backend: "auto" (FlexAttention for CUDA prefill, SDPA otherwise), "sdpa" or "flex".
     retrieval_backend: "auto" (flash-attn when installed and applicable, else the model's own), "native", "flash".
+    decode_backend (one new token per row, every layer): "auto" (SDPA with grouped heads on CUDA, split-key
+    torch matmuls elsewhere), "sdpa" or "split".
     """
     check_transformers_version()
     if not isinstance(plan, Plan):
@@ -65,6 +68,8 @@ def patch(model, plan: Plan, *, streaming_backend: str = "auto", retrieval_backe
         raise ValueError(f"streaming_backend must be one of {STREAMING_BACKENDS}; got {streaming_backend!r}")
     if retrieval_backend not in RETRIEVAL_BACKENDS:
         raise ValueError(f"retrieval_backend must be one of {RETRIEVAL_BACKENDS}; got {retrieval_backend!r}")
+    if decode_backend not in DECODE_BACKENDS:
+        raise ValueError(f"decode_backend must be one of {DECODE_BACKENDS}; got {decode_backend!r}")
     if retrieval_backend == "flash" and not _flash_ok():
         raise ImportError("retrieval_backend='flash' needs the flash-attn package: pip install 'zigzag-attn[flash]'")
     plan.check_model(describe(model))
@@ -73,7 +78,7 @@ def patch(model, plan: Plan, *, streaming_backend: str = "auto", retrieval_backe
     original = model.config._attn_implementation
     name = f"zigzag-{next(_names)}"
     AttentionInterface.register(name, Dispatch(plan, _attention_function(original, decoder), streaming_backend,
-                                               retrieval_backend))
+                                               retrieval_backend, decode_backend))
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
     model.set_attn_implementation(name)
     if model.config._attn_implementation != name:
