@@ -14,7 +14,9 @@ Parts:
   eager     decode steps with `model(...)` and the dynamic cache left by prefill (plain `generate` does this);
   compiled  decode steps through transformers' own compiled call (`model.get_compiled_call`, the one `generate`
             uses with `cache_implementation="static"`: inductor + CUDA graphs) on a static cache, whose first N
-            positions are marked filled (values do not change the work);
+            positions are marked filled (values do not change the work). Every policy has its own model (all
+            sharing one copy of the weights) and compiled call, and the policies are timed in interleaved rounds
+            in one process, so their ratios are free of drift and of the order they run in;
   maxctx    the largest N whose static cache and one decode step fit on the card, per policy.
 Times are CUDA-event medians after warm-up. Bounds: decode bytes = weights read + KV read per step, divided by
 the measured copy bandwidth; prefill FLOPs = 2 x weights x tokens + attention pairs x 4 x head_dim x heads.
@@ -23,8 +25,10 @@ the measured copy bandwidth; prefill FLOPs = 2 x weights x tokens + attention pa
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import json
-import math
+import random
 import statistics
 import sys
 import time
@@ -39,9 +43,11 @@ from zigzag_attn.runtime.cache import kv_nbytes
 from zigzag_attn.runtime.patch import cache_arg
 from zigzag_attn.runtime.static_cache import RingLayer, StaticMixedLayer, ZigzagStaticCache
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_report import POLICIES, load_rows, report  # noqa: E402
+
 SINK, WINDOW = 64, 256
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-POLICIES = ("full", "fullk", "mixed", "zigzag")
 
 
 def llama3_8b(layers: int = 32, smoke: bool = False) -> LlamaConfig:
@@ -77,20 +83,20 @@ def cuda_ms(fn) -> float:
 
 
 class Bench:
-    def __init__(self, args):
+    def __init__(self, args, policies: list[str]):
         self.args = args
-        self.policy, self.step = None, None  # patched for, compiled call
         cfg = llama3_8b(args.layers, args.smoke)
         t = time.time()
         with torch.device(DEVICE):
-            self.model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
-        self.cfg, self.plans = cfg, plans(self.model)
-        self.weight_bytes = sum(p.numel() * p.element_size() for n, p in self.model.named_parameters()
+            base = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+        self.cfg, self.plans = cfg, plans(base)
+        self.models = policy_models(base, {p: self.plans[p] for p in policies}, args.decode_backend)
+        self.weight_bytes = sum(p.numel() * p.element_size() for n, p in base.named_parameters()
                                 if "embed_tokens" not in n)  # decode reads every weight but the embedding rows
         self.params = self.weight_bytes // 2
         self.bw = copy_bandwidth() if DEVICE == "cuda" else 1e11
         self.flops = matmul_tflops() if DEVICE == "cuda" else 1e11
-        self.cache_kw = cache_arg(self.model.forward)
+        self.cache_kw = cache_arg(base.forward)
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = (self.out / "bench.jsonl").open("a")
@@ -105,19 +111,9 @@ class Bench:
         self.log.write(json.dumps(row) + "\n")
         self.log.flush()
 
-    def use(self, policy: str):
-        """Patch for `policy` (kept as is when already so: a new patch would recompile the compiled step)."""
-        if getattr(self, "policy", None) == policy:
-            return
-        self.reset_compiled()
-        zz.unpatch(self.model)
-        if self.plans[policy] is not None:
-            zz.patch(self.model, self.plans[policy], decode_backend=self.args.decode_backend)
-        self.policy = policy
-
     def reset_compiled(self) -> None:
-        """Drop compiled code and its CUDA graphs, which keep every cache they ran on alive."""
-        self.step = None
+        """Drop all compiled code and CUDA graphs (they keep the caches they ran on alive); the next compiled
+        call of each policy compiles again."""
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
         if DEVICE == "cuda":
@@ -125,6 +121,12 @@ class Bench:
 
             reset_cudagraph_trees()
         reset_peak()
+
+    def new_cache(self, policy: str, max_len: int):
+        """The static cache `generate(cache_implementation="static")` would give this policy's model."""
+        if self.plans[policy] is None:
+            return StaticCache(config=self.cfg, max_cache_len=max_len)
+        return zz.make_cache(self.models[policy], max_cache_len=max_len)
 
     def kv_bytes_full(self, n: int, batch: int) -> int:
         c = self.cfg
@@ -153,7 +155,7 @@ class Bench:
 
     @torch.no_grad()
     def prefill_and_eager(self, policy: str, n: int, batch: int, eager: bool) -> None:
-        self.use(policy)
+        model = self.models[policy]
         x = torch.randint(10, 1000, (batch, n), device=DEVICE)
         small = n * batch <= 32768
         reps = 3 if n * batch <= 65536 else 2
@@ -162,7 +164,7 @@ class Bench:
             cache = None
             base = reset_peak()
             outputs = []
-            ms = cuda_ms(lambda out=outputs: out.append(self.model(input_ids=x, use_cache=True, logits_to_keep=1)))
+            ms = cuda_ms(lambda out=outputs: out.append(model(input_ids=x, use_cache=True, logits_to_keep=1)))
             cache = zz.cache_of(outputs.pop())
             if not small or r > 0:
                 times.append(ms)
@@ -179,7 +181,7 @@ class Bench:
             steps = []
             tok = x[:, -1:]
             for i in range(3 + self.args.steps):
-                ms = cuda_ms(lambda c=cache: self.model(input_ids=tok, use_cache=True, **{self.cache_kw: c}))
+                ms = cuda_ms(lambda c=cache: model(input_ids=tok, use_cache=True, **{self.cache_kw: c}))
                 if i >= 3:
                     steps.append(ms)
             self.emit(self.decode_row("eager", policy, n, batch, steps))
@@ -190,60 +192,86 @@ class Bench:
         nbytes = self.weight_bytes + self.kv_read(policy, n, batch)
         return {"part": part, "policy": policy, "n": n, "batch": batch, "ms": ms, "steps": len(steps),
                 "p10": sorted(steps)[len(steps) // 10], "p90": sorted(steps)[(9 * len(steps)) // 10],
-                "bytes": nbytes, "bound_ms": nbytes / self.bw * 1e3, "TBps": nbytes / ms / 1e9}
+                "bytes": nbytes, "bytes_full": self.weight_bytes + self.kv_bytes_full(n, batch),
+                "bound_ms": nbytes / self.bw * 1e3, "TBps": nbytes / ms / 1e9}
 
     @torch.no_grad()
-    def compiled(self, policy: str, n: int, batch: int) -> None:
-        self.use(policy)
-        warm, steps = 3, self.args.steps
-        max_len = n + warm + steps + 8
-        need = self.kv_read(policy, max_len, batch) * 1.05
-        if DEVICE == "cuda" and need > torch.cuda.mem_get_info()[0]:
-            self.reset_compiled()  # earlier lengths' CUDA graphs hold their caches
-        if DEVICE == "cuda" and need > torch.cuda.mem_get_info()[0]:
-            self.emit({"part": "compiled", "policy": policy, "n": n, "batch": batch, "skipped": "memory"})
-            return
-        cache = (StaticCache(config=self.cfg, max_cache_len=max_len) if self.plans[policy] is None
-                 else zz.make_cache(self.model, max_cache_len=max_len))
+    def compiled(self, policies: list[str], n: int, batch: int) -> None:
+        """Compiled decode at context `n`, every policy in one process, interleaved.
+
+        Each policy gets its own static cache and its model's compiled call (compiled once, at its first point).
+        Then `rounds` rounds each run every policy once, in a shuffled order: one untimed step, then the timed
+        ones. A policy's time is the median of all its timed steps; zigzag's speed-up over another policy is the
+        median over rounds of the ratio of their round medians.
+        """
+        rounds, warm = self.args.rounds, 3
+        per_round = max(1, -(-self.args.steps // rounds))
+        max_len = n + warm + rounds * (per_round + 1) + (5 if self.args.profile else 0) + 8
+        fit, free = [], torch.cuda.mem_get_info()[0] if DEVICE == "cuda" else float("inf")
+        if sum(self.kv_read(p, max_len, batch) for p in policies) * 1.05 > free:
+            self.reset_compiled()  # earlier points' CUDA graphs hold their caches
+            free = torch.cuda.mem_get_info()[0]
+        for p in policies:
+            need = self.kv_read(p, max_len, batch) * 1.05
+            if need > free:
+                self.emit({"part": "compiled", "policy": p, "n": n, "batch": batch, "skipped": "memory"})
+            else:
+                fit.append(p)
+                free -= need
         tok = torch.randint(10, 1000, (batch, 1), device=DEVICE)
-        self.model(input_ids=tok, use_cache=True, **{self.cache_kw: cache})  # allocates the cache, eagerly
-        mark_filled(cache, n)
-        if self.step is None:  # one compiled call per policy: a new cache length reuses or re-records it
-            self.step = self.model.get_compiled_call(CompileConfig(dynamic=self.args.dynamic))
-        step = self.step
-        t = time.time()
-        times = []
-        for i in range(warm + steps):
-            ms = cuda_ms(lambda c=cache, f=step: f(input_ids=tok, use_cache=True, **{self.cache_kw: c}))
-            if i == 0:
-                first = time.time() - t
-            if i >= warm:
-                times.append(ms)
-        row = self.decode_row("compiled", policy, n, batch, times)
-        row["first_call_s"] = first  # compile (or a new CUDA graph) + one step
+        calls, caches, first = {}, {}, {}
+        for p in fit:
+            model, cache = self.models[p], self.new_cache(p, max_len)
+            caches[p] = cache
+            model(input_ids=tok, use_cache=True, **{self.cache_kw: cache})  # allocates the cache, eagerly
+            mark_filled(cache, n)
+            step = model.get_compiled_call(CompileConfig(dynamic=self.args.dynamic))
+            calls[p] = lambda f=step, c=cache: f(input_ids=tok, use_cache=True, **{self.cache_kw: c})
+            t = time.time()
+            for _ in range(warm):
+                run_step(calls[p])
+            first[p] = time.time() - t  # the compile (first point) or a new CUDA graph, and the warm-up steps
+        times = {p: [] for p in fit}
+        by_round = {p: [] for p in fit}
+        order, rng = list(fit), random.Random(n + 7919 * batch)
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for p in order:
+                run_step(calls[p])  # untimed: the previous policy's graph ran last
+                got = [cuda_ms(lambda c=calls[p]: run_step(c)) for _ in range(per_round)]
+                times[p] += got
+                by_round[p].append(statistics.median(got))
         stats = torch._dynamo.utils.counters
-        row["graphs"] = stats["stats"]["unique_graphs"]  # since the last reset: 1 = no recompiles
-        row["graph_breaks"] = sum(stats["graph_break"].values())
-        row["cache_bytes"] = kv_nbytes(cache.layers)
-        self.emit(row)
-        if self.args.profile:
-            top = top_kernels(lambda c=cache, f=step: f(input_ids=tok, use_cache=True, **{self.cache_kw: c}))
-            self.emit({"part": "profile", "policy": policy, "n": n, "batch": batch, "top": top})
-        del cache, step
+        for p in fit:
+            row = self.decode_row("compiled", p, n, batch, times[p])
+            row.update(first_call_s=first[p], round_ms=by_round[p], rounds=rounds,
+                       graphs=stats["stats"]["unique_graphs"],  # since the last reset, all policies together
+                       graph_breaks=sum(stats["graph_break"].values()),
+                       cache_bytes=kv_nbytes(caches[p].layers))
+            self.emit(row)
+        if "zigzag" in fit:
+            for p in (p for p in fit if p != "zigzag"):
+                ratio = [o / z for o, z in zip(by_round[p], by_round["zigzag"], strict=True)]
+                self.emit({"part": "ratio", "n": n, "batch": batch, "vs": p, "median": statistics.median(ratio),
+                           "min": min(ratio), "max": max(ratio), "rounds": ratio})
+        if self.args.profile:  # after the timing, so the profiler cannot slow any policy's timed steps
+            for p in fit:
+                self.emit({"part": "profile", "policy": p, "n": n, "batch": batch,
+                           "top": top_kernels(lambda c=calls[p]: run_step(c))})
+        del calls, caches
 
     @torch.no_grad()
     def max_context(self, policy: str) -> None:
-        self.use(policy)
+        model = self.models[policy]
         tok = torch.randint(10, 1000, (1, 1), device=DEVICE)
 
         def fits(n: int) -> bool:
             cache = None
             try:
-                cache = (StaticCache(config=self.cfg, max_cache_len=n + 8) if self.plans[policy] is None
-                         else zz.make_cache(self.model, max_cache_len=n + 8))
-                self.model(input_ids=tok, use_cache=True, **{self.cache_kw: cache})
+                cache = self.new_cache(policy, n + 8)
+                model(input_ids=tok, use_cache=True, **{self.cache_kw: cache})
                 mark_filled(cache, n)
-                self.model(input_ids=tok, use_cache=True, **{self.cache_kw: cache})
+                model(input_ids=tok, use_cache=True, **{self.cache_kw: cache})
                 torch.cuda.synchronize()
                 return True
             except torch.OutOfMemoryError:
@@ -260,6 +288,26 @@ class Bench:
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
         self.emit({"part": "maxctx", "policy": policy, "n": lo, "step": step,
                    "free_GB_after_weights": torch.cuda.mem_get_info()[0] / 1e9})
+
+
+def policy_models(base, plans: dict[str, zz.Plan | None], decode_backend: str) -> dict:
+    """One model per policy, all sharing `base`'s weights (no memory beyond small buffers), each patched for its
+    plan (`base` itself for the unpatched policy). Each has its own compiled call, so no policy waits for another
+    to be unpatched and compiled again, and the compiled step can interleave policies."""
+    shared = {id(t): t for t in itertools.chain(base.parameters(), base.buffers())}
+    models = {}
+    for policy, plan in plans.items():
+        if plan is None:
+            models[policy] = base
+        else:
+            models[policy] = zz.patch(copy.deepcopy(base, memo=dict(shared)), plan, decode_backend=decode_backend)
+    return models
+
+
+def run_step(call) -> None:
+    """One compiled decode step; a new CUDA-graph generation each time, as `generate` starts one per token."""
+    torch.compiler.cudagraph_mark_step_begin()
+    call()
 
 
 def reset_peak() -> int:
@@ -331,157 +379,6 @@ def matmul_tflops() -> float:
     return 2 * 8192 ** 3 / ms * 1e3
 
 
-# --- report ---------------------------------------------------------------------------------------------------
-
-def load_rows(paths: list[str]) -> list[dict]:
-    """Rows of bench.jsonl files, each tagged with its file's name (`run`)."""
-    rows = []
-    for p in paths:
-        rows += [{**json.loads(line), "run": Path(p).stem} for line in Path(p).read_text().splitlines()
-                 if line.strip()]
-    return rows
-
-
-def repeats(rows: list[dict]) -> list[str]:
-    """Compiled decode points measured in several runs: ms per run, spread, and zigzag's same-run speed-ups."""
-    runs = list(dict.fromkeys(r["run"] for r in rows if r["part"] == "compiled" and "ms" in r))
-    ms = {(r["policy"], r["batch"], r["n"], r["run"]): r["ms"] for r in rows if r["part"] == "compiled" and "ms" in r}
-    points = sorted({k[:3] for k in ms}, key=lambda k: (POLICIES.index(k[0]), k[1], k[2]))
-    points = [p for p in points if sum(p + (run,) in ms for run in runs) > 1]
-    if not points:
-        return []
-    out = ["\n### Repeat runs, compiled decode (ms per run; spread = slowest / fastest - 1)\n",
-           "| policy | B | N | " + " | ".join(runs) + " | spread |", "|---|---|---|" + "---|" * (len(runs) + 1)]
-    for p in points:
-        got = [ms.get(p + (run,)) for run in runs]
-        vals = [v for v in got if v is not None]
-        out.append(f"| {p[0]} | {p[1]} | {p[2]} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in got)
-                   + f" | {max(vals) / min(vals) - 1:.0%} |")
-    same = [(run, b, n, ms[(other, b, n, run)] / ms[("zigzag", b, n, run)], other)
-            for (pol, b, n, run) in ms if pol == "zigzag" for other in ("mixed", "full", "fullk")
-            if (other, b, n, run) in ms]
-    if same:
-        out += ["\n### Zigzag's speed-up measured within one run (compiled decode)\n",
-                "| run | B | N | vs | speed-up |", "|---|---|---|---|---|"]
-        out += [f"| {run} | {b} | {n} | {o} | {x:.2f}× |" for run, b, n, x, o in sorted(same)]
-    return out
-
-
-def report(rows: list[dict], png: str | None) -> str:
-    """Tables (markdown) of the latest row per (part, policy, n, batch), with bounds and ratios."""
-    latest = {}
-    for r in rows:  # a later row for the same point replaces an earlier one
-        if r["part"] in ("prefill", "eager", "compiled", "maxctx"):
-            latest[(r["part"], r["policy"], r.get("n") if r["part"] != "maxctx" else None, r.get("batch"))] = r
-    out = []
-    machine = [r for r in rows if r["part"] == "machine"]
-    if machine:
-        m = machine[-1]
-        out.append(f"{m['gpu']}, torch {m['torch']}, transformers {m['transformers']}; copy bandwidth "
-                   f"{m['copy_TBps']:.2f} TB/s, bf16 matmul {m['matmul_TFLOPs']:.0f} TFLOP/s, weights read per "
-                   f"step {m['weights_GB']:.2f} GB\n")
-    for part in ("compiled", "eager"):
-        keys = sorted({(k[3], k[2]) for k in latest if k[0] == part})
-        if not keys:
-            continue
-        out.append(f"\n### Decode step, {part} (ms; ratios are speed-ups of zigzag)\n")
-        out.append("| B | N | full | fullk | mixed | zigzag | vs full | vs fullk | bytes bound | share of bound "
-                   "| vs mixed | zigzag / HBM bound | zigzag TB/s |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for b, n in keys:
-            r = {p: latest.get((part, p, n, b), {}) for p in POLICIES}
-            z, k = r["zigzag"], r["fullk"]
-            if "ms" not in z:
-                continue
-            ms = " | ".join(f"{r[p]['ms']:.2f}" if "ms" in r[p] else r[p].get("skipped", "–") for p in POLICIES)
-            ratio = {p: f"{r[p]['ms'] / z['ms']:.2f}×" if "ms" in r[p] else "–" for p in POLICIES}
-            bound = self_bound(r, z)
-            share = f"{k['ms'] / z['ms'] / bound:.0%}" if "ms" in k else "–"
-            out.append(f"| {b} | {n} | {ms} | {ratio['full']} | {ratio['fullk']} | {bound:.2f}× | {share} | "
-                       f"{ratio['mixed']} | {z['ms'] / z['bound_ms']:.2f}× | {z['TBps']:.2f} |")
-    keys = sorted({(k[3], k[2]) for k in latest if k[0] == "prefill"})
-    if keys:
-        out.append("\n### Prefill (ms; ratios are speed-ups of zigzag)\n")
-        out.append("| B | N | full | fullk | mixed | zigzag | vs full | vs fullk | FLOP bound | share of bound | "
-                   "vs mixed | zigzag TFLOP/s | KV bytes / theory | peak GB full / zigzag |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for b, n in keys:
-            r = {p: latest.get(("prefill", p, n, b), {}) for p in POLICIES}
-            z, f = r["zigzag"], r["full"]
-            if "ms" not in z or "ms" not in f:
-                continue
-            ms = " | ".join(f"{r[p]['ms']:.1f}" if "ms" in r[p] else r[p].get("skipped", "–") for p in POLICIES)
-            ratio = {p: f"{r[p]['ms'] / z['ms']:.2f}×" if "ms" in r[p] else "–" for p in POLICIES}
-            bound = f["tflop"] / z["tflop"]
-            out.append(f"| {b} | {n} | {ms} | {ratio['full']} | {ratio['fullk']} | {bound:.2f}× | "
-                       f"{f['ms'] / z['ms'] / bound:.0%} | {ratio['mixed']} | {z['tflops']:.0f} | "
-                       f"{z['kv_bytes'] / z['kv_theory']:.4f} | "
-                       f"{f['peak_bytes'] / 1e9:.1f} / {z['peak_bytes'] / 1e9:.1f} |")
-    maxctx = {k[1]: r for k, r in latest.items() if k[0] == "maxctx"}
-    if maxctx:
-        out.append("\n### Largest context that fits (B=1, static cache + one decode step)\n")
-        out.append("| policy | tokens | vs full |")
-        out.append("|---|---|---|")
-        for p in POLICIES:
-            if p in maxctx:
-                ratio = maxctx[p]["n"] / maxctx["full"]["n"] if "full" in maxctx else math.nan
-                out.append(f"| {p} | {maxctx[p]['n']:,} | {ratio:.2f}× |")
-    out += repeats(rows)
-    profiles = [r for r in rows if r["part"] == "profile"]
-    if profiles:
-        wall = {(r["run"], r["policy"], r["n"], r["batch"]): r["ms"] for r in rows
-                if r["part"] == "compiled" and "ms" in r}
-        out.append("\n### Device time inside a compiled step (torch profiler) against its wall time\n")
-        out.append("| run | policy | B | N | wall ms | kernel ms | kernels | wall - kernels ms |")
-        out.append("|---|---|---|---|---|---|---|---|")
-        for r in profiles:
-            w, k = wall.get((r["run"], r["policy"], r["n"], r["batch"])), r["top"][0]
-            if w is not None and k["name"] == "(all kernels)":
-                kms = k["us_per_step"] / 1e3
-                out.append(f"| {r['run']} | {r['policy']} | {r['batch']} | {r['n']} | {w:.2f} | {kms:.2f} | "
-                           f"{k['calls_per_step']:g} | {w - kms:.2f} |")
-    for r in (r for r in profiles if r["n"] == 32768 and r["batch"] == 1):
-        out.append(f"\n### Top kernels of one compiled step: {r['policy']}, N={r['n']}, B={r['batch']} ({r['run']})\n")
-        out.append("| kernel | µs per step | calls per step |")
-        out.append("|---|---|---|")
-        out += [f"| `{k['name']}` | {k['us_per_step']:.1f} | {k['calls_per_step']:g} |" for k in r["top"][:12]]
-    if png:
-        plot(latest, png)
-    return "\n".join(out)
-
-
-def self_bound(r: dict, z: dict) -> float:
-    """Bandwidth-bound speed-up of zigzag over full attention: bytes read per step, full / zigzag."""
-    full = r["fullk"] if "bytes" in r["fullk"] else r["full"]
-    return full["bytes"] / z["bytes"] if "bytes" in full else float("nan")
-
-
-def plot(latest: dict, png: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [("prefill", 1, "prefill ms"), ("compiled", 1, "compiled decode ms/step, B=1"),
-              ("compiled", 8, "compiled decode ms/step, B=8"), ("eager", 1, "eager decode ms/step, B=1")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-    for ax, (part, b, title) in zip(axes, panels, strict=True):
-        for p, style in zip(POLICIES, ("k-o", "k--x", "C1-s", "C0-^"), strict=True):
-            pts = sorted((k[2], r["ms"]) for k, r in latest.items() if k[:2] == (part, p) and k[3] == b and "ms" in r)
-            if pts:
-                ax.plot(*zip(*pts, strict=True), style, label=p)
-        if part != "prefill":
-            pts = sorted((k[2], r["bound_ms"]) for k, r in latest.items()
-                         if k[:2] == (part, "zigzag") and k[3] == b and "ms" in r)
-            if pts:
-                ax.plot(*zip(*pts, strict=True), "C0:", label="zigzag HBM bound")
-        ax.set(xscale="log", yscale="log", xlabel="context tokens", title=title)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="prefill,eager,compiled,maxctx")
@@ -490,6 +387,8 @@ def main() -> None:
     ap.add_argument("--prefill-max-tokens", type=int, default=131072, help="skip prefill where batch x N exceeds this")
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--steps", type=int, default=20, help="timed decode steps per point")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="compiled decode: rounds that each time every policy once, in a shuffled order")
     ap.add_argument("--dynamic", choices=("auto", "true"), default="auto",
                     help="compile with dynamic shapes: auto = transformers' default (specialise, then generalise on "
                          "the first new shape); true = one graph for every length and batch (fewer compiles)")
@@ -510,7 +409,11 @@ def main() -> None:
     torch._dynamo.config.recompile_limit = 64
     torch._dynamo.config.cache_size_limit = 64
     start = time.time()
-    bench = Bench(args)
+    policies = args.policies.split(",")
+    unknown = sorted(set(policies) - set(POLICIES))
+    if unknown:
+        ap.error(f"unknown policies {unknown}; choose from {list(POLICIES)}")
+    bench = Bench(args, policies)
 
     def in_budget() -> bool:
         return time.time() - start < args.budget_s
@@ -518,7 +421,6 @@ def main() -> None:
     parts = args.parts.split(",")
     contexts = [int(n) for n in args.contexts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
-    policies = args.policies.split(",")
     for b in batches:
         for n in contexts:
             if ("prefill" in parts or "eager" in parts) and n * b <= args.prefill_max_tokens:
@@ -529,23 +431,21 @@ def main() -> None:
                         bench.emit({"part": "prefill", "policy": p, "n": n, "batch": b, "skipped": "OOM"})
                         reset_peak()
     if "compiled" in parts:
-        for p in policies:
-            for b in batches:
-                for n in filter(lambda _: in_budget(), contexts):
+        for b in batches:
+            for n in filter(lambda _: in_budget(), contexts):
+                try:
+                    bench.compiled(policies, n, b)
+                except torch.OutOfMemoryError:  # earlier points' graphs hold their caches: free, try again
+                    bench.reset_compiled()
                     try:
-                        bench.compiled(p, n, b)
-                    except torch.OutOfMemoryError:  # earlier lengths' graphs hold their caches: free, try again
-                        bench.reset_compiled()
-                        try:
-                            bench.compiled(p, n, b)
-                        except torch.OutOfMemoryError:
+                        bench.compiled(policies, n, b)
+                    except torch.OutOfMemoryError:
+                        for p in policies:
                             bench.emit({"part": "compiled", "policy": p, "n": n, "batch": b, "skipped": "OOM"})
-                            bench.reset_compiled()
-                bench.reset_compiled()
+                        bench.reset_compiled()
     if "maxctx" in parts and DEVICE == "cuda":
         for p in (p for p in policies if p != "fullk" and in_budget()):  # fullk holds what full holds
             bench.max_context(p)
-    zz.unpatch(bench.model)
     print(report(load_rows([str(bench.out / "bench.jsonl")]), args.png or str(bench.out / "bench.png")))
 
 
