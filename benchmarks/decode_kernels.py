@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--contexts", default="321,4096,32768,131072")
     ap.add_argument("--batches", default="1,8")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("decode_kernels.py times CUDA kernels and needs a CUDA GPU; torch sees none")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "decode_kernels.jsonl").open("a")
