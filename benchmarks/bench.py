@@ -291,9 +291,9 @@ class Bench:
 
 
 def policy_models(base, plans: dict[str, zz.Plan | None], decode_backend: str) -> dict:
-    """One model per policy, all sharing `base`'s weights (no memory beyond small buffers), each patched for its
-    plan (`base` itself for the unpatched policy). Each has its own compiled call, so no policy waits for another
-    to be unpatched and compiled again, and the compiled step can interleave policies."""
+    """One model per policy, all sharing `base`'s weights and buffers (only the module objects are new), each
+    patched for its plan (`base` itself for the unpatched policy). Each has its own compiled call, so no policy
+    waits for another to be unpatched and compiled again, and the compiled step can interleave policies."""
     shared = {id(t): t for t in itertools.chain(base.parameters(), base.buffers())}
     models = {}
     for policy, plan in plans.items():

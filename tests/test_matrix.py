@@ -10,6 +10,7 @@ import zigzag_attn as zz
 from zigzag_attn.runtime.cache import MixedLayer, SinkWindowLayer
 
 TOL = 1e-4
+DECODE_BACKENDS = ["split", "sdpa"]  # one-token kernels; CPU default: split, CUDA default: sdpa
 
 
 def ids(n: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
@@ -68,7 +69,7 @@ def test_chunked_prefill(case):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("decode", ["split", "sdpa"])  # CPU default: split; CUDA default: sdpa
+@pytest.mark.parametrize("decode", DECODE_BACKENDS)
 def test_decode_past_window(case, decode):
     _, model, plan = case
     x = ids(70, seed=3)
@@ -104,7 +105,7 @@ def test_generate_bounded(case):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("decode", ["split", "sdpa"])
+@pytest.mark.parametrize("decode", DECODE_BACKENDS)
 def test_left_padded_batch(case, decode):
     _, model, plan = case
     rows = [ids(12, seed=5)[0], ids(21, seed=6)[0]]

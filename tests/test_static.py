@@ -6,14 +6,13 @@ import pytest
 import torch
 from conftest import plans_for
 from reference import reference_logits
-from test_matrix import ids, max_err
+from test_matrix import DECODE_BACKENDS, ids, max_err
 
 import zigzag_attn as zz
 from zigzag_attn.runtime.static_cache import RingLayer, StaticMixedLayer, ZigzagStaticCache
 
 TOL = 1e-4
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DECODE_BACKENDS = ["split", "sdpa"]
 
 
 def run_static(model, x, sizes, max_cache_len, mask=None):
