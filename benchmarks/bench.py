@@ -206,7 +206,7 @@ class Bench:
         """
         rounds, warm = self.args.rounds, 3
         per_round = max(1, -(-self.args.steps // rounds))
-        max_len = n + warm + rounds * (per_round + 1) + (5 if self.args.profile else 0) + 8
+        max_len = n + warm + rounds * (per_round + 1) + HOST_STEPS + (5 if self.args.profile else 0) + 8
         fit, free = [], torch.cuda.mem_get_info()[0] if DEVICE == "cuda" else float("inf")
         if sum(self.kv_read(p, max_len, batch) for p in policies) * 1.05 > free:
             self.reset_compiled()  # earlier points' CUDA graphs hold their caches
@@ -241,10 +241,11 @@ class Bench:
                 got = [cuda_ms(lambda c=calls[p]: run_step(c)) for _ in range(per_round)]
                 times[p] += got
                 by_round[p].append(statistics.median(got))
+        host = {p: host_ms(calls[p]) for p in fit}
         stats = torch._dynamo.utils.counters
         for p in fit:
             row = self.decode_row("compiled", p, n, batch, times[p])
-            row.update(first_call_s=first[p], round_ms=by_round[p], rounds=rounds,
+            row.update(first_call_s=first[p], round_ms=by_round[p], rounds=rounds, host_ms=host[p],
                        graphs=stats["stats"]["unique_graphs"],  # since the last reset, all policies together
                        graph_breaks=sum(stats["graph_break"].values()),
                        cache_bytes=kv_nbytes(caches[p].layers))
@@ -310,6 +311,23 @@ def run_step(call) -> None:
     call()
 
 
+HOST_STEPS = 5
+
+
+def host_ms(call) -> float:
+    """Median host time of a compiled step, from its call until it returns (the device idle before, not after)."""
+    got = []
+    for _ in range(HOST_STEPS):
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        run_step(call)
+        got.append((time.perf_counter() - t) * 1e3)
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    return statistics.median(got)
+
+
 def reset_peak() -> int:
     """Free cached blocks, restart the peak count; bytes allocated now (0 on CPU)."""
     if DEVICE != "cuda":
@@ -338,7 +356,7 @@ def mark_filled(cache, n: int) -> None:
             cache.next_pos.fill_(n)
 
 
-def top_kernels(fn, steps: int = 5, top: int = 40) -> list[dict]:
+def top_kernels(fn, steps: int = 5, top: int = 60) -> list[dict]:
     """The kernels one call of `fn` spends its device time in (torch profiler over `steps` calls), largest first;
     the first row sums all of them."""
     from torch.profiler import ProfilerActivity, profile

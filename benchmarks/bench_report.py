@@ -125,17 +125,19 @@ def report(rows: list[dict], png: str | None) -> str:
     out += interleaved(rows)
     profiles = [r for r in rows if r["part"] == "profile"]
     if profiles:
-        wall = {(r["run"], r["policy"], r["n"], r["batch"]): r["ms"] for r in rows
-                if r["part"] == "compiled" and "ms" in r}
+        timed = {(r["run"], r["policy"], r["n"], r["batch"]): r for r in rows if r["part"] == "compiled" and "ms" in r}
         out.append("\n### Device time inside a compiled step (torch profiler) against its wall time\n")
-        out.append("| run | policy | B | N | wall ms | kernel ms | kernels | wall - kernels ms |")
-        out.append("|---|---|---|---|---|---|---|---|")
+        out.append("host ms: from the call until it returns, the device idle (`–`: not recorded in that run).\n")
+        out.append("| run | policy | B | N | wall ms | kernel ms | kernels | wall - kernels ms | host ms | copies |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in profiles:
-            w, k = wall.get((r["run"], r["policy"], r["n"], r["batch"])), r["top"][0]
-            if w is not None and k["name"] == "(all kernels)":
+            t, k = timed.get((r["run"], r["policy"], r["n"], r["batch"])), r["top"][0]
+            if t is not None and k["name"] == "(all kernels)":
                 kms = k["us_per_step"] / 1e3
-                out.append(f"| {r['run']} | {r['policy']} | {r['batch']} | {r['n']} | {w:.2f} | {kms:.2f} | "
-                           f"{k['calls_per_step']:g} | {w - kms:.2f} |")
+                host = f"{t['host_ms']:.2f}" if "host_ms" in t else "–"
+                copies = sum(x["calls_per_step"] for x in r["top"][1:] if x["name"].startswith("Memcpy"))
+                out.append(f"| {r['run']} | {r['policy']} | {r['batch']} | {r['n']} | {t['ms']:.2f} | {kms:.2f} | "
+                           f"{k['calls_per_step']:g} | {t['ms'] - kms:.2f} | {host} | {copies:g} |")
     for r in (r for r in profiles if r["n"] == 32768 and r["batch"] == 1):
         out.append(f"\n### Top kernels of one compiled step: {r['policy']}, N={r['n']}, B={r['batch']} ({r['run']})\n")
         out.append("| kernel | µs per step | calls per step |")

@@ -23,10 +23,17 @@ FAMILIES = {
 }
 
 
-def tiny_model(family: str, seed: int = 0):
+def tiny_model(family: str, seed: int = 0, kv_heads: int = 2):
+    """A random float32 model of `family`, with 2 query heads per KV head."""
     torch.manual_seed(seed)
-    config = AutoConfig.for_model(family, **{**COMMON, **FAMILIES[family]})
+    heads = dict(num_attention_heads=2 * kv_heads, num_key_value_heads=kv_heads)
+    config = AutoConfig.for_model(family, **{**COMMON, **heads, **FAMILIES[family]})
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+# rows of mixed layers (True = retrieval KV head); with 4 heads a group is a slice or, when split, an index
+MIXED_ROWS = {2: ([False, True], [False, False]),
+              4: ([False, True, True, False], [True, False, True, False], [False] * 4)}
 
 
 def plans_for(model) -> dict[str, zz.Plan]:
@@ -37,15 +44,16 @@ def plans_for(model) -> dict[str, zz.Plan]:
     for i in full[::2]:
         modes[i] = "streaming"
     heads = [[True] * info.num_kv_heads for _ in range(info.num_layers)]
+    rows = MIXED_ROWS[info.num_kv_heads]
     for n, i in enumerate(full):
-        heads[i] = [False, True] if n % 2 == 0 else [False, False]
+        heads[i] = list(rows[n % len(rows)])
     return {"exclusive": zz.Plan.from_layers(modes, sink=SINK, window=WINDOW, model=info),
             "mixed": zz.Plan.from_heads(heads, sink=SINK, window=WINDOW, model=info)}
 
 
 @pytest.fixture(scope="session", params=list(FAMILIES))
 def family_model(request):
-    return request.param, tiny_model(request.param)
+    return request.param, tiny_model(request.param, kv_heads=4)
 
 
 @pytest.fixture(params=["exclusive", "mixed"])

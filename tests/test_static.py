@@ -9,6 +9,7 @@ from reference import reference_logits
 from test_matrix import DECODE_BACKENDS, ids, max_err
 
 import zigzag_attn as zz
+from zigzag_attn.runtime.cache import head_groups
 from zigzag_attn.runtime.static_cache import RingLayer, StaticMixedLayer, ZigzagStaticCache
 
 TOL = 1e-4
@@ -109,6 +110,23 @@ def test_static_cache_errors(family_model):
         model(ids(5), cache=cache)
         with pytest.raises(ValueError, match="batch of 1 rows but the input has 2"):
             model(ids(1, batch=2), cache=cache)
+
+
+def test_head_groups_are_slices_or_fixed_indices(family_model):
+    """A mixed layer's contiguous head group is a view; a split one an index with a fixed address (a CUDA graph
+    would otherwise copy it in every step). The matrix's mixed plan has both kinds."""
+    r, s = head_groups([1, 2], [0, 3], torch.device("cpu"))
+    x = torch.randn(2, 4, 3, 5)
+    assert r.index is None and r(x).data_ptr() == x[:, 1].data_ptr() and torch.equal(r(x), x[:, 1:3])
+    assert s.index is not None and torch.equal(s(x), x[:, [0, 3]])
+    assert getattr(s.index, "_dynamo_static_input_type", None) == "unguarded"
+    _, model = family_model
+    plan = plans_for(model)["mixed"]
+    with zz.patched(model, plan):
+        cache = zz.make_cache(model, max_cache_len=16)
+        model(ids(5), cache=cache)
+    groups = [g for layer in cache.layers if isinstance(layer, StaticMixedLayer) for g in layer._groups]
+    assert any(g.index is None for g in groups) and any(g.index is not None for g in groups)
 
 
 @pytest.mark.parametrize("backend", DECODE_BACKENDS)

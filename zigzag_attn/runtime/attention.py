@@ -14,7 +14,7 @@ import torch
 
 from ..plan import MIXED, RETRIEVAL, Plan
 from . import kernels
-from .cache import SplitKV
+from .cache import SplitKV, head_groups, head_split
 from .step import Step
 
 STREAMING_BACKENDS = ("auto", "sdpa", "flex")
@@ -92,9 +92,8 @@ class Dispatch:
         if isinstance(k, SplitKV):
             kr, ks, vr, vs = k.retrieval, k.streaming, v.retrieval, v.streaming
         else:  # no cache: every head sees the same keys
-            r_kv = torch.tensor([h for h, keep in enumerate(row) if keep], device=k.device)
-            s_kv = torch.tensor([h for h, keep in enumerate(row) if not keep], device=k.device)
-            kr, ks, vr, vs = k[:, r_kv], k[:, s_kv], v[:, r_kv], v[:, s_kv]
+            r_kv, s_kv = head_groups(*head_split(row), k.device)
+            kr, ks, vr, vs = r_kv(k), s_kv(k), r_kv(v), s_kv(v)
         order = r_heads + s_heads
         qr, qs = _heads(q, r_heads), _heads(q, s_heads)
         out = torch.cat([self.full(module, qr, kr, vr, mask, scaling, dropout, kwargs),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+from transformers.utils import is_torchdynamo_compiling
 
 from ..plan import MIXED, STREAMING, Plan
 from .step import Keep, Step, keep_rule
@@ -34,9 +35,32 @@ def head_split(row) -> tuple[list[int], list[int]]:
     return [h for h, r in enumerate(row) if r], [h for h, r in enumerate(row) if not r]
 
 
-def head_groups(retrieval: list[int], streaming: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index tensors of a mixed layer's retrieval and streaming KV heads."""
-    return torch.tensor(retrieval, device=device), torch.tensor(streaming, device=device)
+class HeadGroup:
+    """One group of a mixed layer's KV heads: a slice when the heads are contiguous, else an index tensor.
+
+    Call it on `(batch, kv_heads, seq, head_dim)` to get `(batch, len(heads), seq, head_dim)`. The index
+    tensor has a fixed address, so a CUDA graph reads it in place instead of copying it in every step.
+    """
+
+    def __init__(self, heads: list[int], device: torch.device):
+        self.span = (heads[0], heads[-1] + 1) if heads == list(range(heads[0], heads[-1] + 1)) else None
+        self.index = None if self.span else torch.tensor(heads, device=device)
+        if self.index is not None and not is_torchdynamo_compiling():
+            torch._dynamo.mark_static_address(self.index)
+
+    @property
+    def device(self) -> torch.device | None:
+        return None if self.index is None else self.index.device
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.span is not None:
+            return x[:, self.span[0]: self.span[1]]
+        return x.index_select(1, self.index)
+
+
+def head_groups(retrieval: list[int], streaming: list[int], device) -> tuple[HeadGroup, HeadGroup]:
+    """A mixed layer's retrieval and streaming KV head groups."""
+    return HeadGroup(retrieval, device), HeadGroup(streaming, device)
 
 
 def kv_nbytes(layers) -> int:
@@ -117,19 +141,19 @@ class MixedLayer(TwoPartLayer, DynamicLayer):
         super().__init__()
         self.retrieval_heads, self.streaming_heads = retrieval_heads, streaming_heads
         self.full, self.stream = DynamicLayer(), SinkWindowLayer()
-        self._head_index: tuple[torch.Tensor, torch.Tensor] | None = None  # on the device of the states
+        self._groups: tuple[HeadGroup, HeadGroup] | None = None  # on the device of the states
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step: Step | None = None, *args, **kwargs):
-        r, s = self._index(key_states.device)
-        kr, vr = self.full.update(key_states.index_select(1, r), value_states.index_select(1, r))
-        ks, vs = self.stream.update(key_states.index_select(1, s), value_states.index_select(1, s), step)
+        r, s = self._head_groups(key_states.device)
+        kr, vr = self.full.update(r(key_states), r(value_states))
+        ks, vs = self.stream.update(s(key_states), s(value_states), step)
         self.is_initialized = True
         return SplitKV(kr, ks), SplitKV(vr, vs)
 
-    def _index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._head_index is None or self._head_index[0].device != device:
-            self._head_index = head_groups(self.retrieval_heads, self.streaming_heads, device)
-        return self._head_index
+    def _head_groups(self, device: torch.device) -> tuple[HeadGroup, HeadGroup]:
+        if self._groups is None or self._groups[0].device not in (None, device):
+            self._groups = head_groups(self.retrieval_heads, self.streaming_heads, device)
+        return self._groups
 
     def get_seq_length(self) -> int:
         return self.stream.seen

@@ -16,7 +16,7 @@ from transformers.cache_utils import CacheLayerMixin, StaticLayer
 from transformers.utils import is_torchdynamo_compiling
 
 from ..plan import MIXED, STREAMING, Plan
-from .cache import SplitKV, StepRouting, TwoPartLayer, head_groups, head_split, kv_nbytes
+from .cache import HeadGroup, SplitKV, StepRouting, TwoPartLayer, head_groups, head_split, kv_nbytes
 from .step import Step
 
 
@@ -107,21 +107,20 @@ class StaticMixedLayer(TwoPartLayer, CacheLayerMixin):
         self.retrieval_heads, self.streaming_heads = retrieval_heads, streaming_heads
         self.full, self.stream = StaticLayer(max_cache_len), RingLayer(capacity, max_cache_len)
         self.max_cache_len = max_cache_len
-        self._index: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._groups: tuple[HeadGroup, HeadGroup] | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self._index = head_groups(self.retrieval_heads, self.streaming_heads, key_states.device)
-        r, s = self._index
-        self.full.lazy_initialization(key_states.index_select(1, r), value_states.index_select(1, r))
-        self.stream.lazy_initialization(key_states.index_select(1, s), value_states.index_select(1, s))
+        self._groups = r, s = head_groups(self.retrieval_heads, self.streaming_heads, key_states.device)
+        self.full.lazy_initialization(r(key_states), r(value_states))
+        self.stream.lazy_initialization(s(key_states), s(value_states))
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step: Step | None = None, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        r, s = self._index
-        kr, vr = self.full.update(key_states.index_select(1, r), value_states.index_select(1, r))
-        ks, vs = self.stream.update(key_states.index_select(1, s), value_states.index_select(1, s), step)
+        r, s = self._groups
+        kr, vr = self.full.update(r(key_states), r(value_states))
+        ks, vs = self.stream.update(s(key_states), s(value_states), step)
         return SplitKV(kr, ks), SplitKV(vr, vs)
 
     def get_seq_length(self):
