@@ -16,7 +16,8 @@ Parts:
             uses with `cache_implementation="static"`: inductor + CUDA graphs) on a static cache, whose first N
             positions are marked filled (values do not change the work). Every policy has its own model (all
             sharing one copy of the weights) and compiled call, and the policies are timed in interleaved rounds
-            in one process, so their ratios are free of drift and of the order they run in;
+            in one process, so their ratios are free of drift and of the order they run in. Each row also
+            has `host_ms`: how long the call takes to return (the device idles meanwhile);
   maxctx    the largest N whose static cache and one decode step fit on the card, per policy.
 Times are CUDA-event medians after warm-up. Bounds: decode bytes = weights read + KV read per step, divided by
 the measured copy bandwidth; prefill FLOPs = 2 x weights x tokens + attention pairs x 4 x head_dim x heads.
