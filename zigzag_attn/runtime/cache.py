@@ -151,7 +151,7 @@ class MixedLayer(TwoPartLayer, DynamicLayer):
         return SplitKV(kr, ks), SplitKV(vr, vs)
 
     def _head_groups(self, device: torch.device) -> tuple[HeadGroup, HeadGroup]:
-        if self._groups is None or self._groups[0].device not in (None, device):
+        if self._groups is None or any(g.device not in (None, device) for g in self._groups):
             self._groups = head_groups(self.retrieval_heads, self.streaming_heads, device)
         return self._groups
 
