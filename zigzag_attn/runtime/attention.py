@@ -95,16 +95,9 @@ class Dispatch:
             r_kv, s_kv = head_groups(*head_split(row), k.device)
             kr, ks, vr, vs = r_kv(k), s_kv(k), r_kv(v), s_kv(v)
         order = r_heads + s_heads
-        qr, qs = _heads(q, r_heads), _heads(q, s_heads)
-        out = torch.cat([self.full(module, qr, kr, vr, mask, scaling, dropout, kwargs),
-                         self.streaming(qs, ks, vs, step, scaling)], dim=2)
+        r_q, s_q = head_groups(r_heads, s_heads, q.device)
+        out = torch.cat([self.full(module, r_q(q), kr, vr, mask, scaling, dropout, kwargs),
+                         self.streaming(s_q(q), ks, vs, step, scaling)], dim=2)
         if order != sorted(order):
             out = out.index_select(2, torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=q.device))
         return out
-
-
-def _heads(q: torch.Tensor, heads: list[int]) -> torch.Tensor:
-    """Select query heads, as a slice when they are contiguous."""
-    if heads == list(range(heads[0], heads[-1] + 1)):
-        return q[:, heads[0]: heads[-1] + 1]
-    return q[:, heads]

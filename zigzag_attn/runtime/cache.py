@@ -36,9 +36,9 @@ def head_split(row) -> tuple[list[int], list[int]]:
 
 
 class HeadGroup:
-    """One group of a mixed layer's KV heads: a slice when the heads are contiguous, else an index tensor.
+    """One group of a mixed layer's heads (KV or query): a slice when they are contiguous, else an index tensor.
 
-    Call it on `(batch, kv_heads, seq, head_dim)` to get `(batch, len(heads), seq, head_dim)`. The index
+    Call it on `(batch, heads, seq, head_dim)` to get `(batch, len(group), seq, head_dim)`. The index
     tensor has a fixed address, so a CUDA graph reads it in place instead of copying it in every step.
     """
 
