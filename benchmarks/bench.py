@@ -59,11 +59,17 @@ def llama3_8b(layers: int = 32, smoke: bool = False) -> LlamaConfig:
                        bos_token_id=1, eos_token_id=None)
 
 
-def plans(model) -> dict[str, zz.Plan | None]:
+def plans(model, zigzag_plan: str | None = None) -> dict[str, zz.Plan | None]:
+    """Half of the KV cache kept in both plans: mixed keeps half of every layer's KV heads, zigzag half of the
+    layers (the odd ones stream, or the layers of `zigzag_plan`, a 50% plan file or shipped name)."""
     info = zz.describe(model)
     half = info.num_kv_heads // 2
     mixed = [[h < half for h in range(info.num_kv_heads)] for _ in range(info.num_layers)]
     zigzag = ["streaming" if i % 2 else "retrieval" for i in range(info.num_layers)]
+    if zigzag_plan:
+        zigzag = list(zz.Plan.load(zigzag_plan).modes)
+        if zigzag.count("retrieval") * 2 != info.num_layers:
+            raise SystemExit(f"--zigzag-plan must keep half of the {info.num_layers} layers retrieval")
     return {"full": None,
             "fullk": zz.Plan.from_layers(["retrieval"] * info.num_layers, sink=SINK, window=WINDOW, model=info),
             "mixed": zz.Plan.from_heads(mixed, sink=SINK, window=WINDOW, model=info),
@@ -86,11 +92,18 @@ def cuda_ms(fn) -> float:
 class Bench:
     def __init__(self, args, policies: list[str]):
         self.args = args
-        cfg = llama3_8b(args.layers, args.smoke)
         t = time.time()
-        with torch.device(DEVICE):
-            base = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
-        self.cfg, self.plans = cfg, plans(base)
+        if args.model:  # real weights: a GGUF file or a local directory
+            path = Path(args.model)
+            kw = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
+            base = AutoModelForCausalLM.from_pretrained(path.parent if kw else path, dtype=torch.bfloat16,
+                                                        attn_implementation="sdpa", **kw).to(DEVICE).eval()
+            cfg = base.config
+        else:
+            cfg = llama3_8b(args.layers, args.smoke)
+            with torch.device(DEVICE):
+                base = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+        self.cfg, self.plans = cfg, plans(base, args.zigzag_plan)
         self.models = policy_models(base, {p: self.plans[p] for p in policies}, args.decode_backend)
         self.weight_bytes = sum(p.numel() * p.element_size() for n, p in base.named_parameters()
                                 if "embed_tokens" not in n)  # decode reads every weight but the embedding rows
@@ -131,7 +144,8 @@ class Bench:
 
     def kv_bytes_full(self, n: int, batch: int) -> int:
         c = self.cfg
-        per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 2
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * 2
         return per_token * n * batch
 
     def kv_read(self, policy: str, n: int, batch: int) -> float:
@@ -414,6 +428,8 @@ def main() -> None:
     ap.add_argument("--decode-backend", choices=("auto", "sdpa", "split"), default="auto",
                     help="zigzag's decode kernel for patched policies (auto: sdpa on CUDA, split elsewhere)")
     ap.add_argument("--layers", type=int, default=32, help="fewer layers for a quick run")
+    ap.add_argument("--model", help="real weights (a .gguf file or a local directory) instead of the random 8B shape")
+    ap.add_argument("--zigzag-plan", help="with --model: the 50%% layer plan to time as zigzag (default: odd layers)")
     ap.add_argument("--smoke", action="store_true", help="a tiny model of the same head shape (checks logic on CPU)")
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--profile", action="store_true", help="after each compiled point, the top kernels of a step")

@@ -1,4 +1,10 @@
-"""Shipped public-domain text (six Jane Austen novels) and user text, split for calibration and evaluation."""
+"""Shipped haystack text and user text, split by genre into calibration and evaluation sets.
+
+Fiction: six public-domain Jane Austen novels, three for calibration ("calibration") and three held out
+("evaluation"). Other genres (see texts/SOURCE.md): "code" (Python standard-library source) is calibration data;
+"technical" (GNU manuals) and "legal" (licence texts) are evaluation only, so plans are judged on genres their
+calibration never saw.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +16,23 @@ from pathlib import Path
 TEXTS = Path(__file__).with_name("texts")
 SPLITS = {
     "calibration": ("emma", "mansfieldpark", "prideprejudice"),
+    "code": ("code",),
     "evaluation": ("persuasion", "northangerabbey", "sensesensibility"),
+    "technical": ("technical",),
+    "legal": ("legal",),
 }
+CALIBRATION_SPLITS = ("calibration", "code")  # what calibration may read
+EVALUATION_SPLITS = ("evaluation", "technical", "legal")  # what it never reads
 
 
 @functools.cache
 def shipped_text(split: str) -> str:
-    """The concatenated novels of one split: "calibration" or "evaluation"."""
+    """The concatenated texts of one split (a key of `SPLITS`)."""
     return "\n\n".join(documents(split=split))
 
 
 def documents(source: str | Path | Iterable[str | Path] | None = None, *, split: str = "calibration") -> list[str]:
-    """One text per shipped novel of `split` when `source` is None, else one per file.
+    """One text per shipped file of `split` when `source` is None, else one per file.
 
     `source` may be a file, a directory (its `*.txt` files, sorted) or a list of those.
     """

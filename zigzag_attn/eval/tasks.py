@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
 
-import torch
-
-from ..data.passkey import IGNORE, Sample, boundary, haystack, label_spans, passkey_samples
+from ..data.passkey import Sample, passkey_samples
+from ..data.prompts import (
+    check_length,
+    check_tokenizer,
+    distinct,
+    ids,
+    labelled,
+    needle_prompt,
+    number,
+    overhead,
+)
 from ..data.texts import load_text
 
 ADJECTIVES = ("amber", "brisk", "calm", "dusty", "eager", "faint", "gentle", "hollow", "icy", "jolly", "keen", "lucky",
@@ -29,7 +36,6 @@ MAGIC_INTRO = ("Some special magic numbers are hidden within the following text.
                "I will quiz you about the numbers afterwards.\n\n")
 VAR_INTRO = "Memorize and track the chains of variable assignments hidden in the following text.\n\n"
 WORDS_INTRO = "Below is a list of words, one per line. Some of the words appear many times.\n\n"
-SEPARATOR = ", "
 
 
 def niah(tokenizer, length: int, depth: float = 0.5, n: int = 1, seed: int = 0, text: str | None = None
@@ -45,7 +51,7 @@ def niah(tokenizer, length: int, depth: float = 0.5, n: int = 1, seed: int = 0, 
         key, value = rng.choice(_keys()), _number(rng)
         question = (f"\nQuestion: What is the special magic number for {key} mentioned in the provided text? "
                     f"Answer: The special magic number for {key} mentioned in the provided text is")
-        out.append(_needle_prompt(tokenizer, text, length, rng, [(depth, _magic(key, value))], question, [value],
+        out.append(needle_prompt(tokenizer, text, length, rng, [(depth, _magic(key, value))], question, [value],
                                   [depth], MAGIC_INTRO))
     return out
 
@@ -74,7 +80,7 @@ def multikey_niah(tokenizer, length: int, n: int = 1, seed: int = 0, text: str |
         question = (f"\nQuestion: What is the special magic number for {names[ask]} mentioned in the provided text? "
                     f"Answer: The special magic number for {names[ask]} mentioned in the provided text is")
         needles = [(d, _magic(k, v)) for d, k, v in zip(depths, names, values, strict=True)]
-        out.append(_needle_prompt(tokenizer, text, length, rng, needles, question, [values[ask]], [depths[ask]],
+        out.append(needle_prompt(tokenizer, text, length, rng, needles, question, [values[ask]], [depths[ask]],
                                   MAGIC_INTRO))
     return out
 
@@ -94,7 +100,7 @@ def multivalue(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | No
                     f"in the order they appear? Answer: The special magic numbers for {key} mentioned in the "
                     "provided text are")
         needles = [(d, _magic(key, v)) for d, v in zip(depths, nums, strict=True)]
-        out.append(_needle_prompt(tokenizer, text, length, rng, needles, question, nums, depths, MAGIC_INTRO))
+        out.append(needle_prompt(tokenizer, text, length, rng, needles, question, nums, depths, MAGIC_INTRO))
     return out
 
 
@@ -122,7 +128,7 @@ def variable_tracking(tokenizer, length: int, n: int = 1, seed: int = 0, text: s
                 asked = (chain, depths)
         question = (f"\nQuestion: Find all variables that are assigned the value {values[0]} in the text above, in "
                     f"the order they are assigned. Answer: The variables assigned the value {values[0]} are")
-        out.append(_needle_prompt(tokenizer, text, length, rng, needles, question, asked[0], asked[1], VAR_INTRO))
+        out.append(needle_prompt(tokenizer, text, length, rng, needles, question, asked[0], asked[1], VAR_INTRO))
     return out
 
 
@@ -135,8 +141,8 @@ def common_words(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | 
     """
     if top < 1:
         raise ValueError(f"top must be >= 1; got {top!r}")
-    _check_tokenizer(tokenizer)
-    _check_length(length)
+    check_tokenizer(tokenizer)
+    check_length(length)
     pool = sorted({w for w in re.findall(r"[a-z]+", _text(text).lower()) if 4 <= len(w) <= 12})
     rng = random.Random(seed)
     question = (f"\nQuestion: What are the {top} most common words in the list above, most frequent first? "
@@ -145,9 +151,9 @@ def common_words(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | 
     for _ in range(_count(n)):
         words = rng.sample(pool, len(pool))
         common = words[:top]
-        budget = length - _overhead(tokenizer, WORDS_INTRO, [], question, common)
+        budget = length - overhead(tokenizer, WORDS_INTRO, [], question, common)
         order = _word_list(tokenizer, common, iter(words[top:]), budget, rng)
-        out.append(_labelled(tokenizer, WORDS_INTRO + "\n".join(order) + "\n" + question, common, ()))
+        out.append(labelled(tokenizer, WORDS_INTRO + "\n".join(order) + "\n" + question, common, ()))
     return out
 
 
@@ -156,10 +162,10 @@ def _word_list(tok, common: list[str], fillers, budget: int, rng: random.Random)
     under `budget` tokens (joined by newlines)."""
     order = [w for i, w in enumerate(common) for _ in range(6 + 2 * (len(common) - 1 - i))]
     rng.shuffle(order)
-    if len(_ids(tok, "\n".join(order))) > budget:
+    if len(ids(tok, "\n".join(order))) > budget:
         raise ValueError(f"length is too small for a list of {len(common)} common words")
     for _ in range(50):  # grow from below: each round adds ~90% of the words that still fit
-        size = len(_ids(tok, "\n".join(order)))
+        size = len(ids(tok, "\n".join(order)))
         per = size / len(order)  # tokens per entry
         if budget - size < 2 * per + 2:
             break
@@ -170,7 +176,7 @@ def _word_list(tok, common: list[str], fillers, budget: int, rng: random.Random)
             for _ in range(rng.randint(1, 3)):
                 order.insert(rng.randrange(len(order) + 1), word)
     while True:  # drop filler entries from the end (never a common word) until the list fits
-        extra = len(_ids(tok, "\n".join(order))) - budget
+        extra = len(ids(tok, "\n".join(order))) - budget
         if extra <= 0:
             return order
         cut = set([i for i in range(len(order) - 1, -1, -1) if order[i] not in common][:int(extra / per) + 1])
@@ -192,63 +198,6 @@ def make(task: str, tokenizer, length: int, *, depth: float | None = None, n: in
     return TASKS[task](tokenizer, length, n=n, seed=seed, text=text)
 
 
-# -- prompt assembly ------------------------------------------------------------------------------------------------
-def _needle_prompt(tok, text: str, length: int, rng: random.Random, needles: Sequence[tuple[float, str]],
-                   question: str, items: Sequence[str], depths: Sequence[float], intro: str) -> Sample:
-    """Haystack of about `length` tokens with each needle `(depth, sentence)` at a sentence end near its depth."""
-    _check_tokenizer(tok)
-    _check_length(length)
-    budget = length - _overhead(tok, intro, [s for _, s in needles], question, items)
-    if budget < 16:
-        raise ValueError(f"length {length} is too small: the needles and question alone take "
-                         f"{length - budget} tokens")
-    hay = haystack(tok, text, budget, rng)
-    body, cursor = [], 0
-    for d, sentence in sorted(needles, key=lambda x: x[0]):
-        cut = cursor if d <= 0 else boundary(hay, int(d * len(hay)), cursor)
-        body += [hay[cursor:cut], sentence]
-        cursor = cut
-    body.append(hay[cursor:])
-    return _labelled(tok, intro + "".join(body).strip() + "\n" + question, items, depths)
-
-
-def _labelled(tok, prompt: str, items: Sequence[str], depths: Sequence[float]) -> Sample:
-    """`prompt` + " item1, item2." with labels on the tokens of each item (not the spaces, commas or period).
-
-    If the tokenizer merges a separator into an item's token (so two items' labels touch), the whole list is
-    labelled as one answer instead.
-    """
-    spans = []
-    for i, item in enumerate(items):
-        prompt += (" " if i == 0 else SEPARATOR)
-        spans.append((len(prompt), len(prompt) + len(item)))
-        prompt += item
-    prompt += "."
-    ids, labels = label_spans(tok, prompt, spans)
-    if _runs(labels) != len(items):
-        ids, labels = label_spans(tok, prompt, [(spans[0][0], spans[-1][1])])
-        return Sample(ids, labels, (SEPARATOR.join(items),), tuple(depths))
-    return Sample(ids, labels, tuple(items), tuple(depths))
-
-
-def _runs(labels: torch.Tensor) -> int:
-    """Number of contiguous runs of labelled positions (how `measure` splits answers)."""
-    on = (labels != IGNORE).int()
-    return int((on[1:] > on[:-1]).sum()) + int(on[0]) if len(on) else 0
-
-
-def _overhead(tok, intro: str, needles: Sequence[str], question: str, items: Sequence[str]) -> int:
-    """Tokens taken by everything but the haystack (a few spare for joins)."""
-    special = len(tok("a").input_ids) - len(_ids(tok, "a"))
-    answer = " " + SEPARATOR.join(items) + "."
-    return len(_ids(tok, intro)) + sum(len(_ids(tok, s)) for s in needles) + len(_ids(tok, question + answer)) \
-        + special + 4
-
-
-def _ids(tok, s: str) -> list[int]:
-    return tok(s, add_special_tokens=False).input_ids if s else []
-
-
 def _magic(key: str, value: str) -> str:
     return f" One of the special magic numbers for {key} is: {value}. "
 
@@ -258,25 +207,15 @@ def _keys() -> list[str]:
 
 
 def _number(rng: random.Random, digits: int = 7) -> str:
-    return str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
+    return number(rng, digits)
 
 
 def _distinct_numbers(rng: random.Random, k: int, digits: int = 7) -> list[str]:
-    out: list[str] = []
-    while len(out) < k:
-        v = _number(rng, digits)
-        if v not in out:
-            out.append(v)
-    return out
+    return distinct(lambda: number(rng, digits), k)
 
 
 def _distinct_names(rng: random.Random, k: int) -> list[str]:
-    out: list[str] = []
-    while len(out) < k:
-        v = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5))
-        if v not in out:
-            out.append(v)
-    return out
+    return distinct(lambda: "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5)), k)
 
 
 def _text(text: str | None) -> str:
@@ -289,16 +228,6 @@ def _count(n) -> int:
     return n
 
 
-def _check_length(length) -> None:
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ValueError(f"length must be a positive integer (tokens); got {length!r}")
-
-
 def _check_depth(depth) -> None:
     if isinstance(depth, bool) or not isinstance(depth, (int, float)) or not 0 <= depth <= 1:
         raise ValueError(f"depth must be a number in [0, 1] (0 = start of the haystack, 1 = end); got {depth!r}")
-
-
-def _check_tokenizer(tok) -> None:
-    if not getattr(tok, "is_fast", False):
-        raise TypeError("evaluation tasks need a fast tokenizer (for character offsets)")

@@ -4,6 +4,8 @@ Methods:
   * "gates"     - DuoAttention-style: one trainable gate per layer (or per KV head) mixes full and streaming
                   attention; distilled against the frozen full-attention model on passkey data (`gates.py`).
   * "attention" - training-free ablation: each layer made streaming alone; the rise in answer loss (`ablation.py`).
+  * "robust"    - measured greedy elimination on several tasks and genres with a worst-task objective, its ranking
+                  checked against plain ablation on fresh prompts (`robust.py`).
 Then `zz.solve` turns the scores into a plan and `zz.refine` can improve it by measurement (`refine.py`).
 """
 
@@ -17,11 +19,13 @@ from ..data.passkey import Sample, passkey_samples
 from ..model_info import describe
 from ..plan import check_sink_window
 from ..scores import Scores
+from ..data.calibration import calibration_groups
 from .ablation import ablation_scores
 from .measure import Measurement, measure
 from .refine import refine
+from .robust import robust_scores
 
-METHODS = ("gates", "attention")
+METHODS = ("gates", "attention", "robust")
 
 
 def profile(model, tokenizer=None, *, method: str = "attention", data: list[Sample] | None = None, sink: int = 64,
@@ -31,22 +35,30 @@ def profile(model, tokenizer=None, *, method: str = "attention", data: list[Samp
 
     data: calibration samples (`zigzag_attn.data.passkey_samples`); by default `samples` prompts of `length`
         tokens with `keys` passkeys each, built with `tokenizer` from `text` or the shipped calibration novels.
-    gate_options: passed to `gates.train_gates` (steps, lr, granularity, ...), method="gates" only. The default
+    method="robust": `data` may be `{task: samples}` (default: `data.calibration.calibration_groups` at
+        `length // 2` and `length` tokens, `samples` prompts per task, length and genre; validated on as many fresh
+        prompts at `length`); `keys` is unused.
+    gate_options: passed to `gates.train_gates` (steps, lr, granularity, ...), method="gates" only; for
+        method="robust", `keep` and `candidates` go to `robust.robust_scores`. The default
         granularity here is "layer" (one gate per layer): for layer-exclusive plans it ranked layers far better than
         per-head gates averaged over a layer (docs/results.md). Use granularity="head" for `solve_heads`.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     check_sink_window(sink, window)
-    if gate_options and method != "gates":
-        raise TypeError(f"unexpected options for method={method!r}: {', '.join(gate_options)}")
+    allowed = {"gates": None, "robust": {"keep", "candidates"}, "attention": set()}[method]
+    if allowed is not None and set(gate_options) - allowed:
+        raise TypeError(f"unexpected options for method={method!r}: {', '.join(sorted(set(gate_options) - allowed))}")
+    info = describe(model)
+    if method == "robust":
+        return _robust(model, tokenizer, info, data, sink, window, length, samples, text, seed, batch_size,
+                       progress, gate_options)
     if data is None:
         if tokenizer is None:
             raise ValueError("profile needs a tokenizer to build calibration data (or pass data=)")
         data = passkey_samples(tokenizer, n=samples, length=length, keys=keys, text=text, seed=seed)
     if not data:
         raise ValueError("profile needs at least one calibration sample")
-    info = describe(model)
     start = time.perf_counter()
     meta = {"sink": sink, "window": window, "samples": len(data), "tokens": max(len(s) for s in data),
             "seed": seed}
@@ -62,6 +74,27 @@ def profile(model, tokenizer=None, *, method: str = "attention", data: list[Samp
                                            **gate_options)
     meta.update(extra, seconds=round(time.perf_counter() - start, 1))
     return Scores(torch.as_tensor(heads), torch.as_tensor(layers), model=info, method=method, meta=meta)
+
+
+def _robust(model, tokenizer, info, data, sink, window, length, samples, text, seed, batch_size, progress,
+            options) -> Scores:
+    start = time.perf_counter()
+    if isinstance(data, list):
+        data = {"data": data}
+    valid = None
+    if data is None:
+        if tokenizer is None:
+            raise ValueError("profile needs a tokenizer to build calibration data (or pass data=)")
+        data = calibration_groups(tokenizer, lengths=sorted({length // 2, length}), samples=samples, text=text,
+                                  seed=seed)
+        valid = calibration_groups(tokenizer, lengths=(length,), samples=samples, text=text, seed=seed + 1)
+    layers, extra = robust_scores(model, data, valid, sink=sink, window=window, batch_size=batch_size,
+                                  progress=progress, **options)
+    meta = {"sink": sink, "window": window, "samples": sum(len(s) for s in data.values()),
+            "tokens": max(len(x) for s in data.values() for x in s), "seed": seed, **extra,
+            "seconds": round(time.perf_counter() - start, 1)}
+    heads = layers[:, None].expand(info.num_layers, info.num_kv_heads)
+    return Scores(heads, layers, model=info, method="robust", meta=meta)
 
 
 __all__ = ["METHODS", "Measurement", "measure", "profile", "refine"]

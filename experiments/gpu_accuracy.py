@@ -1,0 +1,232 @@
+"""The accuracy matrix of docs/results.md (Qwen2.5-Coder, SmolLM2) on a GPU: calibrate, then evaluate every policy
+on the same held-out prompts. Produced docs/results/matrix_<model>.jsonl and the shipped `<model>@<ratio>` plans.
+
+    python experiments/gpu_accuracy.py calibrate --model GGUF --name NAME --state DIR --out DIR
+    python experiments/gpu_accuracy.py eval --model GGUF --name NAME --state DIR --out DIR --deadline EPOCH_S
+    python experiments/gpu_accuracy.py ... --smoke        # tiny sizes, to check the script on CPU
+
+calibrate (one call): the default `method="robust"` profile (timed: that is the calibration cost), plans at 50%,
+33% and 25% retrieval layers; the plain-ablation ranking the robust method computes on the way (its own plans,
+"ablation@r"); DuoAttention head gates (one gate per KV head, distilled on the same calibration data) for the
+head-level baseline. Everything goes to --state (kept on the GPU machine between calls) and --out.
+eval: prompts of every task x length on genres calibration never saw ("technical" GNU manuals, "legal" licence
+texts; half of the prompts each), RULER wordings (calibration uses others). Policies go in PRIORITY order; a
+chunk (one policy on one task at every length) starts only if, judged by the last chunk, it ends before
+--deadline. Each finished chunk is appended to --out/matrix.jsonl at once, so a cut-off call keeps its numbers;
+rows already in --state/matrix.jsonl are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import zigzag_attn as zz
+from zigzag_attn.data.calibration import calibration_groups
+from zigzag_attn.data.texts import load_text
+from zigzag_attn.eval import all_streaming, random_sets
+from zigzag_attn.eval.tasks import make
+from zigzag_attn.model_info import describe
+from zigzag_attn.profile import measure
+
+RATIOS = (0.5, 0.33, 0.25)
+GENRES = ("technical", "legal")
+FULL = dict(length=8192, samples=4, candidates=6, gate_steps=100, gate_len=4096, lengths=(4096, 8192, 16384, 32768),
+            n=24, tokens_per_batch=65536, randoms=5, sink=64, window=256)
+SMOKE = dict(length=512, samples=1, candidates=2, gate_steps=3, gate_len=512, lengths=(384, 512), n=2,
+             tokens_per_batch=2048, randoms=2, sink=4, window=32)
+TASKS = ("multikey", "multivalue", "vartrack", "niah", "passkey", "commonwords")
+NEEDLES = TASKS[:4]
+PRIORITY = [  # (policies, tasks) chunks, most needed first; every length of --lengths
+    (["full", "zigzag@0.5", "duo@0.5", "streaming", "zigzag@0.25", "duo@0.25"], TASKS),
+    ([f"random-{i}@0.5" for i in range(1, 6)], NEEDLES),
+    (["zigzag@0.33", "duo@0.33", "ablation@0.5", "ablation@0.25"], TASKS),
+    ([f"random-{i}@0.25" for i in range(1, 6)], NEEDLES),
+]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_model(args):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(args.model)
+    kw = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
+    folder = path.parent if kw else path
+    tok = AutoTokenizer.from_pretrained(folder, **kw)
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw).to(args.device).eval()
+    model.config.name_or_path = args.name
+    return model, tok
+
+
+def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
+    info = describe(model)
+    t = time.perf_counter()
+    scores = zz.profile(model, tok, method="robust", length=cfg["length"], samples=cfg["samples"], sink=cfg["sink"],
+                        window=cfg["window"], batch_size=8, candidates=cfg["candidates"], progress=False)
+    seconds = time.perf_counter() - t
+    log(f"robust profile: {seconds:.1f} s; ranking {scores.meta['ranking']}; "
+        f"validation {scores.meta.get('validation', {}).get('worst_loss_rise')}")
+    scores.save(state / "robust_scores.json")
+    ablation = zz.Scores(torch.tensor(scores.meta["ablation"])[:, None].expand(-1, info.num_kv_heads),
+                         -torch.tensor(scores.meta["ablation"]), model=info, method="ablation-worst-task")
+    for r in RATIOS:
+        plan = zz.solve(scores, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
+        prov = {**plan.provenance, "command": "python " + shlex.join(sys.argv), "model_name": args.name,
+                "method": "robust", "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                "dtype": "bfloat16", "seconds": round(seconds, 1),
+                "calibration": {"tasks": list(scores.meta["groups"]), "genres": ["calibration (fiction)", "code"],
+                                "length": cfg["length"], "samples": cfg["samples"]},
+                "profile": scores.meta}
+        plan = zz.Plan.from_layers(plan.modes, sink=plan.sink, window=plan.window, model=plan.model, provenance=prov)
+        for d in (state, out):
+            plan.save(d / f"{args.name}_{r}.json")  # '@' does not survive the device transfer
+        zz.solve(ablation, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"]).save(state / f"ablation_{r}.json")
+        log(f"zigzag@{r}: {plan.describe()}")
+    groups = calibration_groups(tok, lengths=(cfg["gate_len"],), samples=cfg["samples"], seed=7)
+    data = [s for g in groups.values() for s in g]
+    t = time.perf_counter()
+    heads = zz.profile(model, tok, method="gates", data=data, granularity="head", steps=cfg["gate_steps"],
+                       sink=cfg["sink"], window=cfg["window"], progress=False)
+    log(f"DuoAttention head gates: {time.perf_counter() - t:.1f} s")
+    heads.save(state / "head_scores.json")
+    heads.save(out / "head_scores.json")
+    scores.save(out / "robust_scores.json")
+
+
+def policies(cfg, model, state: Path) -> dict[str, zz.Plan | None]:
+    info = describe(model)
+    heads = zz.Scores.load(state / "head_scores.json")
+    out: dict[str, zz.Plan | None] = {"full": None, "streaming": all_streaming(info, sink=cfg["sink"],
+                                                                                  window=cfg["window"]).plan}
+    for r in RATIOS:
+        plan = zz.Plan.load(_plan_file(state, r))
+        out[f"zigzag@{r}"] = plan
+        # equal KV: the same number of retrieval heads, so the budget is equal at every length
+        out[f"duo@{r}"] = zz.solve_heads(heads, kv_budget=plan.kv_fraction(max(cfg["lengths"])),
+                                         context_length=max(cfg["lengths"]), sink=plan.sink, window=plan.window)
+        out[f"ablation@{r}"] = zz.Plan.load(state / f"ablation_{r}.json")
+        for i, p in enumerate(random_sets(info, cfg["randoms"], r, seed=17, sink=cfg["sink"],
+                                              window=cfg["window"]), 1):
+            out[f"random-{i}@{r}"] = p.plan
+    return out
+
+
+def _plan_file(state: Path, r: float) -> Path:
+    found = [p for p in state.glob(f"*_{r}.json") if not p.name.startswith("ablation")]
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one calibrated plan for ratio {r} in {state}; found {found}")
+    return found[0]
+
+
+def prompts(cfg, tok, tasks, lengths) -> dict[tuple[str, int], list]:
+    texts = {g: load_text(split=g) for g in GENRES}
+    cells = {}
+    for task in tasks:
+        for n in lengths:
+            cells[task, n] = [s for g in GENRES for s in make(task, tok, n, n=cfg["n"], text=texts[g],
+                                                              seed=random.Random(f"{task}/{n}/{g}").randrange(2**31),
+                                                              depth=None)]
+    return cells
+
+
+def evaluate(args, cfg, model, tok, state: Path, out: Path) -> None:
+    plans = policies(cfg, model, state)
+    last = 0.0  # seconds the last chunk took
+    done = set()
+    for f in (state / "matrix.jsonl",):
+        if f.exists():
+            done |= {(r["policy"], r["task"], r["length"]) for r in map(json.loads, f.read_text().splitlines())}
+    cache: dict = {}
+    lengths = list(cfg["lengths"])
+    for names, tasks in PRIORITY:
+        for name in names:
+            plan = plans[name]
+            for task in tasks:
+                todo = [n for n in lengths if (name, task, n) not in done]
+                if not todo:
+                    continue
+                if time.time() + last > args.deadline:
+                    log(f"deadline: not started: {name} {task}")
+                    continue
+                t = time.perf_counter()
+                for n in todo:
+                    if (task, n) not in cache:
+                        cache.update(prompts(cfg, tok, [task], [n]))
+                    samples = cache[task, n]
+                    batch = max(1, cfg["tokens_per_batch"] // n)
+                    m = measure(model, samples, plan, batch_size=batch)
+                    row = {"model": args.name, "policy": name, "task": task, "length": n, "prompts": len(samples),
+                           "answers": len(m.correct), "correct": sum(m.correct), "accuracy": m.accuracy,
+                           "loss": m.loss, "kv_fraction": 1.0 if plan is None else plan.kv_fraction(n),
+                           "per_genre": {g: sum(m.correct[i] for i in _answers(samples, g, cfg["n"]))
+                                         for g in GENRES}}
+                    for f in (state / "matrix.jsonl", out / "matrix.jsonl"):
+                        with open(f, "a") as fh:
+                            fh.write(json.dumps(row) + "\n")
+                last = time.perf_counter() - t
+                log(f"{name:>14} {task:>11} {len(todo)} lengths in {last:.1f} s: " + " ".join(
+                    f"{r['accuracy']:.2f}" for r in _last(out / "matrix.jsonl", len(todo))))
+
+
+def _answers(samples, genre: str, n: int) -> list[int]:
+    """Indices into the flat answer list of the prompts of `genre` (the first n prompts are GENRES[0]'s)."""
+    idx, out = 0, []
+    for i, s in enumerate(samples):
+        k = len(s.answers)
+        if (i < n) == (genre == GENRES[0]):
+            out += range(idx, idx + k)
+        idx += k
+    return out
+
+
+def _last(path: Path, k: int) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()[-k:]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=("calibrate", "eval"))
+    ap.add_argument("--model", required=True, help="a .gguf file or a local HF directory")
+    ap.add_argument("--name", required=True, help="the alias the plans record, e.g. qwen2.5-coder-0.5b")
+    ap.add_argument("--state", required=True, help="kept between calls: plans, scores, finished rows")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--deadline", type=float, default=float("inf"), help="eval: start no chunk that would end later "
+                    "than this (seconds since the epoch)")
+    ap.add_argument("--lengths", help="eval lengths, comma-separated (default: 4k, 8k, 16k, 32k)")
+    ap.add_argument("--calib-length", type=int, help="calibration prompt length (default 8192)")
+    ap.add_argument("--candidates", type=int, help="robust profile: layers tried per greedy round (default 6)")
+    ap.add_argument("--n", type=int, help="eval prompts per genre and cell (default 24: n = 48 per cell)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    cfg = dict(SMOKE if args.smoke else FULL)
+    if args.lengths:
+        cfg["lengths"] = tuple(int(x) for x in args.lengths.split(","))
+    if args.calib_length:
+        cfg["length"] = cfg["gate_len"] = args.calib_length
+    if args.n:
+        cfg["n"] = args.n
+    if args.candidates:
+        cfg["candidates"] = args.candidates
+    state, out = Path(args.state), Path(args.out)
+    state.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    model, tok = load_model(args)
+    log(f"loaded {args.name} in {time.perf_counter() - t:.1f} s on {args.device}")
+    (calibrate if args.command == "calibrate" else evaluate)(args, cfg, model, tok, state, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU calls behind docs/results.md's Qwen matrix and docs/performance.md's real-model rows (one lease, H200).
+# Each step runs on the device machine after its model is staged (bash ../shared/tools/stage_for_device.sh ...):
+#   bash experiments/gpu_session.sh q05      # Qwen2.5-Coder-0.5B: calibrate, then evaluate until the call's deadline
+#   bash experiments/gpu_session.sh q15      # 1.5B: calibrate, prefill/eager speed, then evaluate until the deadline
+#   bash experiments/gpu_session.sh more05   # 0.5B: continue the evaluation (finished rows are skipped)
+# State (plans, scores, finished rows) stays under /root/zz-state while the machine is held; results go to $OUT.
+set -uo pipefail
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+M=/root/zz-models S=/root/zz-state
+end=$(( $(date +%s) + ${BUDGET:-555} ))
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
+q05=(--model $M/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-0.5b --state $S/q05 --out $OUT/q05)
+q15=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15 --out $OUT/q15)
+mkdir -p $OUT/q05 $OUT/q15
+case $1 in
+  q05)
+    python experiments/gpu_accuracy.py calibrate "${q05[@]}" 2>&1 | grep -v Warning | tee -a $OUT/q05/log.txt
+    python experiments/gpu_accuracy.py eval "${q05[@]}" --deadline $end 2>&1 | grep -v Warning | tee -a $OUT/q05/log.txt ;;
+  more05)
+    cp $S/q05/*.json $OUT/q05/ 2>/dev/null; rm -f $OUT/q05/ablation_*.json
+    python experiments/gpu_accuracy.py eval "${q05[@]}" --deadline $end 2>&1 | grep -v Warning | tee -a $OUT/q05/log.txt ;;
+  q15)
+    python experiments/gpu_accuracy.py calibrate "${q15[@]}" --candidates 4 2>&1 | grep -v Warning | tee -a $OUT/q15/log.txt
+    python benchmarks/bench.py --model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \
+      --zigzag-plan $S/q15/qwen2.5-coder-1.5b_0.5.json --parts prefill,eager --contexts 8192,32768 --batches 1,8 \
+      --prefill-max-tokens 262144 --policies full,mixed,zigzag --out $OUT/q15bench 2>&1 | tail -40 | tee -a $OUT/q15/log.txt
+    python experiments/gpu_accuracy.py eval "${q15[@]}" --deadline $end 2>&1 | grep -v Warning | tee -a $OUT/q15/log.txt ;;
+  *) echo "usage: gpu_session.sh q05|q15|more05" >&2; exit 2 ;;
+esac

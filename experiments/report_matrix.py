@@ -1,0 +1,118 @@
+"""Tables and a PNG from experiments/gpu_accuracy.py's matrix.jsonl (docs/results.md's Qwen sections).
+
+    python experiments/report_matrix.py docs/results/matrix_qwen2.5-coder-0.5b.jsonl --png docs/results/kv_q05.png
+
+Accuracy per (task, length) cell, each cell n prompts (half "technical", half "legal"); "best random" is the best
+of the random layer sets in each cell (an optimistic baseline: chosen after seeing the answers). Share of full is
+accuracy over full attention's in the same cell; the summary averages cells and gives the worst one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+ORDER = ["full", "zigzag@0.5", "duo@0.5", "ablation@0.5", "best random@0.5", "zigzag@0.33", "duo@0.33",
+         "zigzag@0.25", "duo@0.25", "ablation@0.25", "best random@0.25", "streaming"]
+
+
+def load(path: str) -> list[dict]:
+    rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    best: dict[tuple, dict] = {}
+    for r in rows:  # best random set per cell, at each ratio
+        m = re.fullmatch(r"random-\d+@(.*)", r["policy"])
+        if m:
+            key = (m.group(1), r["task"], r["length"])
+            if key not in best or r["accuracy"] > best[key]["accuracy"]:
+                best[key] = {**r, "policy": f"best random@{m.group(1)}"}
+    counts = defaultdict(int)
+    for r in rows:
+        m = re.fullmatch(r"random-\d+@(.*)", r["policy"])
+        if m:
+            counts[m.group(1), r["task"], r["length"]] += 1
+    for key, r in best.items():
+        r["sets"] = counts[key]
+    return [r for r in rows if not r["policy"].startswith("random-")] + list(best.values())
+
+
+def tables(rows: list[dict]) -> str:
+    cells = sorted({(r["task"], r["length"]) for r in rows}, key=lambda c: (c[0], c[1]))
+    by = {(r["policy"], r["task"], r["length"]): r for r in rows}
+    policies = [p for p in ORDER if any(k[0] == p for k in by)] + sorted({r["policy"] for r in rows} - set(ORDER))
+    n = sorted({r["prompts"] for r in rows})
+    out = [f"Prompts per cell: {', '.join(map(str, n))}. Random sets per cell: "
+           f"{', '.join(sorted({str(r['sets']) for r in rows if 'sets' in r})) or 'none'}.", ""]
+    tasks = sorted({t for t, _ in cells})
+    for task in tasks:
+        lens = [n for t, n in cells if t == task]
+        out += [f"**{task}** (accuracy; n = prompts per cell)", "",
+                "| policy | " + " | ".join(f"{n // 1024}k (n={by.get(('full', task, n), {}).get('prompts', '?')})"
+                                          for n in lens) + " |",
+                "|---" * (len(lens) + 1) + "|"]
+        for p in policies:
+            vals = [by.get((p, task, n)) for n in lens]
+            if any(vals):
+                out.append(f"| {p} | " + " | ".join("—" if v is None else f"{v['accuracy']:.2f}" for v in vals) + " |")
+        out.append("")
+    out += ["**Summary** over the cells each policy ran (share of full = accuracy / full's, per cell)", "",
+            "| policy | cells | mean accuracy | mean share of full | worst share of full (cell) | KV at 32k |",
+            "|---|---|---|---|---|---|"]
+    for p in policies:
+        got = [(c, by[(p, *c)]) for c in cells if (p, *c) in by and ("full", *c) in by]
+        if not got:
+            continue
+        shares = [(r["accuracy"] / by[("full", *c)]["accuracy"] if by[("full", *c)]["accuracy"] else float("nan"), c)
+                  for c, r in got]
+        valid = [s for s in shares if s[0] == s[0]]
+        worst = min(valid) if valid else (float("nan"), ("", 0))
+        kv = next((r["kv_fraction"] for c, r in got if c[1] == 32768), got[-1][1]["kv_fraction"])
+        out.append(f"| {p} | {len(got)} | {sum(r['accuracy'] for _, r in got) / len(got):.3f} | "
+                   f"{sum(s for s, _ in valid) / max(1, len(valid)):.3f} | {worst[0]:.2f} ({worst[1][0]} "
+                   f"{worst[1][1] // 1024}k) | {kv:.3f} |")
+    return "\n".join(out)
+
+
+def png(rows: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    full = {(r["task"], r["length"]): r["accuracy"] for r in rows if r["policy"] == "full"}
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    styles = {"zigzag": ("o", "C0"), "duo": ("s", "C1"), "ablation": ("^", "C2"), "best random": ("x", "C3"),
+              "streaming": ("v", "C7"), "full": ("*", "k")}
+    for p in sorted({r["policy"] for r in rows}):
+        mine = [r for r in rows if r["policy"] == p and (r["task"], r["length"]) in full]
+        if not mine:
+            continue
+        kv = sum(r["kv_fraction"] for r in mine if r["length"] == max(x["length"] for x in mine)) / max(
+            1, sum(1 for r in mine if r["length"] == max(x["length"] for x in mine)))
+        acc = sum(r["accuracy"] for r in mine) / len(mine)
+        marker, color = styles[p.split("@")[0]]
+        ax.scatter(kv, acc, marker=marker, color=color, s=60)
+        ax.annotate(p, (kv, acc), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("KV cache vs full attention at the longest length")
+    ax.set_ylabel("mean accuracy over tasks x lengths")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("matrix")
+    ap.add_argument("--png")
+    args = ap.parse_args()
+    rows = load(args.matrix)
+    print(tables(rows))
+    if args.png:
+        png(rows, args.png, f"{rows[0]['model']}: accuracy vs KV (held-out genres)")
+
+
+if __name__ == "__main__":
+    main()
