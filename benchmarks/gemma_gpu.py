@@ -27,6 +27,8 @@ from matplotlib.figure import Figure
 
 import zigzag_attn as zz
 from zigzag_attn import cli
+from zigzag_attn.cli import calibrate as cli_calibrate
+from zigzag_attn.cli.common import device_name
 from zigzag_attn.eval import Policy, Results, evaluate, plots
 from zigzag_attn.eval.policies import all_streaming, full
 from zigzag_attn.plan import RETRIEVAL, STREAMING
@@ -89,7 +91,7 @@ def main() -> None:
     pols += [Policy(f"keep layer {i}", "plan", keep(i)) for i in full_layers if [i] != kept]
 
     parts, runs = [], {}
-    res = {"command": command, "device": cli._device_name(args.device), "config": cfg,
+    res = {"command": command, "device": device_name(args.device), "config": cfg,
            "policies": {p.name: p.plan and p.plan.to_json() for p in pols}, "runs": runs}
 
     def save() -> Results:
@@ -144,12 +146,12 @@ def finalize(res: dict, results: Results, label: str, plan_path: Path, tidy=lamb
 
 def calibrate(argv: list[str]):
     """`zigzag-attn calibrate ARGV` through the CLI's own code path; returns the (model, tokenizer) it loaded."""
-    loaded, load = [], cli._load
-    cli._load = lambda *a: loaded.append(load(*a)) or loaded[-1]
+    loaded, load = [], cli_calibrate.load_model
+    cli_calibrate.load_model = lambda *a: loaded.append(load(*a)) or loaded[-1]
     try:
-        cli.calibrate(cli.build_parser().parse_args(argv), argv)
+        cli_calibrate.run(cli.build_parser().parse_args(argv), argv)
     finally:
-        cli._load = load
+        cli_calibrate.load_model = load
     return loaded[0]
 
 

@@ -17,11 +17,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 import zigzag_attn as zz
+from zigzag_attn import cli
 from zigzag_attn.data.passkey import IGNORE, Sample
 from zigzag_attn.data.texts import load_text
 from zigzag_attn.eval import TASKS, Policy, Results, evaluate, full, make, plots, policies, ppl, random_sets
 from zigzag_attn.eval import duo as duo_policy
-from zigzag_attn.eval.cli import main
 from zigzag_attn.eval.tasks import _labelled
 from zigzag_attn.profile.measure import measure
 
@@ -277,6 +277,11 @@ def model_dir(model, tok, tmp_path_factory):
     return path
 
 
+def main(argv: list[str]) -> int:
+    """`zigzag-attn eval ARGV...` in-process."""
+    return cli.main(argv if argv[0] == "eval" else ["eval", *argv])
+
+
 def fails(capsys, argv) -> str:
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -320,6 +325,6 @@ def test_cli_runs(capsys, model_dir, tmp_path):
 
 
 def test_cli_standalone_module():
-    r = subprocess.run([sys.executable, "-m", "zigzag_attn.eval.cli", "niah", "m", "--lengths", "x"],
+    r = subprocess.run([sys.executable, "-m", "zigzag_attn.cli", "eval", "niah", "m", "--lengths", "x"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "argument --lengths" in r.stderr and "Traceback" not in r.stderr
