@@ -176,6 +176,20 @@ def test_calibrate_tiny_model(capsys, tiny_dir, tmp_path):
     assert "saved" in out and str(out_path) in out
 
 
+def test_calibrate_reads_the_library_defaults(capsys, tiny_dir, tmp_path, monkeypatch):
+    """Without --length/--samples/--keys, calibrate takes them from zigzag_attn.defaults (as zz.profile does)."""
+    from zigzag_attn import defaults
+
+    monkeypatch.setitem(defaults.CALIBRATION, "cpu", {**defaults.CALIBRATION["cpu"], "length": 200, "samples": 1,
+                                                       "keys": 1})
+    out_path = tmp_path / "plan.json"
+    code, _, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(out_path), "--retrieval-layers", "2",
+                       "--sink", "4", "--window", "32", "--device", "cpu")
+    assert code == 0, err
+    cal = zz.Plan.load(out_path).provenance["calibration"]
+    assert (cal["length"], cal["samples"], cal["keys"]) == (200, 1, 1)
+
+
 def test_calibrate_refine_kv_budget_user_text(capsys, tiny_dir, tmp_path):
     text = tmp_path / "texts"
     text.mkdir()

@@ -148,6 +148,27 @@ def test_profile_rejects_bad_arguments(one_layer_matters):
 
 
 
+def test_profile_defaults_are_the_cli_defaults(one_layer_matters, monkeypatch):
+    """With no data, zz.profile builds its prompts with zigzag_attn.defaults for the model's device, as the CLI does."""
+    from zigzag_attn.defaults import calibration
+
+    profile_module = importlib.import_module("zigzag_attn.profile")  # the package, not the function
+    asked = {}
+
+    def recording(tokenizer, **kw):
+        asked.update(kw)
+        return _task(one_layer_matters)
+
+    monkeypatch.setattr(profile_module, "passkey_samples", recording)
+    scores = profile(one_layer_matters, object(), sink=2, window=4, progress=False)
+    cpu = calibration("cpu")
+    assert (asked["n"], asked["length"], asked["keys"]) == (cpu["samples"], cpu["length"], cpu["keys"])
+    assert scores.method == cpu["method"]
+    profile(one_layer_matters, object(), sink=2, window=4, progress=False, length=300, samples=1, keys=2)
+    assert (asked["n"], asked["length"], asked["keys"]) == (1, 300, 2)
+    assert calibration("cuda:1") == calibration("cuda") != calibration("mps") == cpu
+
+
 def test_refine_on_replicas_matches_serial(one_layer_matters, monkeypatch):
     """Candidates spread over a model copy (threads): same plan, same history, same loss for every candidate."""
     from zigzag_attn.profile.replicas import make_replicas
