@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from ..data.texts import load_text
-from ..eval.policies import FULL, PLAN, STREAMING_FAMILY, Policy, all_streaming, policies
+from ..eval.policies import FULL, PLAN, STREAMING_FAMILY, Policy, all_streaming, head_scores_problem, policies
+from ..eval.policies import duo as duo_policy
 from ..eval.run import evaluate
 from ..eval.tasks import TASKS
 from ..plan import Plan
@@ -45,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ruler.add_argument("--task", choices=RULER_TASKS, default="multikey", help="which task (default multikey)")
     ruler.add_argument("--png", help="write the accuracy vs KV budget plot here")
 
-    compare = _task_parser(sub, "compare", "every policy family on several tasks; DuoAttention baseline included")
+    compare = _task_parser(sub, "compare", "every policy family on several tasks; DuoAttention baseline with --scores")
     compare.add_argument("--tasks", type=_tasks, default=["niah", *RULER_TASKS],
                          help=f"comma-separated tasks out of {','.join(TASKS)} (default niah,{','.join(RULER_TASKS)})")
     compare.add_argument("--depths", type=_positive, default=5, help="needle depths for niah/passkey (default 5)")
@@ -86,6 +87,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         else:
             scores = Scores.load(args.scores) if args.scores else None
             text = load_text(args.text) if args.text else None
+            duo = args.duo or (args.eval_command == "compare" and not args.no_duo)
+            problem = head_scores_problem(scores) if duo and plans else None
+            if problem and args.duo:
+                raise ValueError(f"--duo: {problem}; give --scores with per-head scores")
+            if problem:
+                print(f"note: the DuoAttention baseline is left out: {problem}; give --scores with per-head scores "
+                      "(or --no-duo)", file=sys.stderr)
+                duo = False
             if args.random and args.ratio is None and not plans:
                 raise ValueError("--random needs --ratio (the share of layers kept retrieval) or a --plan to copy "
                                  "it from")
@@ -96,15 +105,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return _ppl(args, model, tokenizer, plans, texts)
     tasks = {"niah": ["niah"], "passkey": ["passkey"], "ruler": [getattr(args, "task", None)]}.get(
         args.eval_command) or args.tasks
-    duo = args.duo or (args.eval_command == "compare" and not args.no_duo)
     try:
-        pols = policies(model, plans, n_random=args.random, ratio=args.ratio, duo_scores=scores, with_duo=duo,
-                        context_length=max(args.lengths), seed=args.seed, sink=args.sink, window=args.window)
-        if duo:
-            missing = [n for n in plans if f"duo@{n}" not in {p.name for p in pols}]
-            for n in missing:
-                print(f"note: no DuoAttention baseline for plan {n!r}: give --scores (head scores), or use a plan "
-                      "made by zz.solve (it records layer_scores)", file=sys.stderr)
+        pols = policies(model, plans, n_random=args.random, ratio=args.ratio, context_length=max(args.lengths),
+                        seed=args.seed, sink=args.sink, window=args.window)
+        for name, plan in plans.items() if duo else ():
+            try:
+                pols.append(duo_policy(plan, max(args.lengths), scores, name=f"duo@{name}"))
+            except ValueError as e:
+                print(f"note: no DuoAttention baseline for plan {name!r}, left out: {e}", file=sys.stderr)
         results = evaluate(model, tokenizer, pols, task=tasks, lengths=args.lengths, depths=args.depths
                            if hasattr(args, "depths") else 1, samples_per_cell=args.samples,
                            batch_size=args.batch_size, seed=args.seed, text=text, progress=not args.quiet)
@@ -140,8 +148,10 @@ def _task_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
                     help="also N random layer-exclusive plans")
     sp.add_argument("--ratio", type=_ratio, help="share of layers the random plans keep retrieval "
                                                  "(default: the first plan's)")
-    sp.add_argument("--duo", action="store_true", help="also a DuoAttention-style head plan at each plan's KV budget")
-    sp.add_argument("--scores", help="head scores (a zigzag-attn scores file) for the DuoAttention plans")
+    sp.add_argument("--duo", action="store_true", help="also a DuoAttention-style head plan at each plan's KV budget "
+                                                        "(needs --scores)")
+    sp.add_argument("--scores", help="per-head scores (a zigzag-attn scores file, e.g. from zz.profile(model, tok, "
+                                     "method='gates', granularity='head')) for the DuoAttention plans")
     sp.add_argument("--sink", type=_non_negative, help="sink tokens of the streaming/random plans "
                                                        "(default: the first plan's, else 64)")
     sp.add_argument("--window", type=_positive, help="window of the streaming/random plans "
