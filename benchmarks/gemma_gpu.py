@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 import zigzag_attn as zz
 from zigzag_attn import cli
 from zigzag_attn.cli import calibrate as cli_calibrate
-from zigzag_attn.cli.common import device_name
+from zigzag_attn.cli.common import Model, device_name
 from zigzag_attn.eval import Policy, Results, evaluate, plots
 from zigzag_attn.eval.policies import all_streaming, full
 from zigzag_attn.plan import RETRIEVAL, STREAMING
@@ -146,12 +146,12 @@ def finalize(res: dict, results: Results, label: str, plan_path: Path, tidy=lamb
 
 def calibrate(argv: list[str]):
     """`zigzag-attn calibrate ARGV` through the CLI's own code path; returns the (model, tokenizer) it loaded."""
-    loaded, load = [], cli_calibrate.load_model
-    cli_calibrate.load_model = lambda *a: loaded.append(load(*a)) or loaded[-1]
+    loaded, load = [], Model.load
+    Model.load = lambda self, *a: loaded.append(load(self, *a)) or loaded[-1]
     try:
         cli_calibrate.run(cli.build_parser().parse_args(argv), argv)
     finally:
-        cli_calibrate.load_model = load
+        Model.load = load
     return loaded[0]
 
 

@@ -232,6 +232,77 @@ def test_generate_tiny_model(capsys, tiny_dir, scored_plan, tmp_path):
     assert code == 1 and "the plan does not fit" in err and "6 layers" in err
 
 
+def test_generate_refuses_files_that_are_not_text(capsys, tmp_path):
+    import gzip
+
+    packed = tmp_path / "prompt.txt.gz"
+    packed.write_bytes(gzip.compress(b"a long prompt " * 100))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    for path, words in ((packed, "gzip-compressed, not a text file"), (empty, "holds no text")):
+        code, _, err = run(capsys, "generate", str(tmp_path / "no-model"), "--plan", "p.json", "--prompt-file",
+                           str(path))  # refused before the plan or the model is looked at
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and "argument --prompt-file" in last and words in last, err
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Loading any model's weights fails the test: what is checked here must be checked from the config alone."""
+    def load(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+    monkeypatch.setattr(models, "load", load)
+
+
+def test_checked_before_the_weights_load(capsys, tiny_dir, scored_plan, tmp_path, no_weights):
+    m = str(tiny_dir)  # max_position_embeddings 2048, 4 layers
+    code, _, err = run(capsys, "generate", m, "--plan", str(scored_plan), "--prompt", "hi")
+    assert code == 1 and "the plan does not fit" in err and "6 layers" in err
+    code, _, err = run(capsys, "calibrate", m, "--out", str(tmp_path / "p.json"), "--length", "4096")
+    assert code == 2 and "argument --length: 4096 tokens is longer" in err and "max_position_embeddings = 2048" in err
+    code, _, err = run(capsys, "eval", "niah", m, "--lengths", "99999999")
+    assert code == 2 and "argument --lengths: 99999999 tokens" in err and "= 2048" in err
+    code, _, err = run(capsys, "eval", "niah", m, "--plan", str(scored_plan), "--lengths", "512")
+    assert code == 2 and "argument --plan" in err and "6 layers" in err
+    (tmp_path / "short.txt").write_text("I " * 210)  # 420 bytes: at most 1680 tokens, within the context
+    code, _, err = run(capsys, "eval", "passkey", m, "--lengths", "2000", "--text", str(tmp_path / "short.txt"))
+    assert code == 2 and "2000 tokens is more than the haystack text can fill (at most 1680 tokens" in err
+    code, _, err = run(capsys, "eval", "ppl", m, "--max-tokens", "3000")
+    assert code == 2 and "argument --max-tokens: 3000 tokens is longer" in err
+
+
+def test_calibrate_without_choice_skips_profiling(capsys, tiny_dir, tmp_path, no_weights):
+    out_path = tmp_path / "plan.json"
+    code, out, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(out_path), "--retrieval-ratio", "0",
+                         "--sink", "4", "--window", "32")
+    assert code == 0, err
+    assert "no profiling needed: the plan keeps 0 of 4 choosable layers retrieval" in err
+    plan = zz.Plan.load(out_path)
+    assert plan.streaming_layers == [0, 1, 2, 3] and plan.provenance["method"] is None
+    assert "layer_scores" not in plan.provenance and "saved" in out
+
+
+def test_generate_progress_on_a_terminal():
+    import io
+
+    from zigzag_attn.cli.generate import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term, pipe = Terminal(), io.StringIO()
+    for stream in (term, pipe):
+        p = Progress(1000, 3, stream=stream)
+        p.put("prompt")
+        p.put("token")
+        p.put("token")
+        p.end()
+        assert len(p.times) == 3
+    assert "prefill of 1000 tokens: 0 s |" in term.getvalue() and "generating: 2/3 new tokens" in term.getvalue()
+    assert term.getvalue().endswith("\r") and pipe.getvalue() == ""  # the line cleared; nothing in a log
+
+
 # -- aliases ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("alias", sorted(models.ALIASES))
 def test_alias_resolves_or_says_what_to_install(alias):

@@ -137,6 +137,10 @@ def test_task_errors(tok):
         make("niah", tok, 448, depth=1.5)
     with pytest.raises(ValueError, match="unknown task"):
         make("haystack", tok, 448)
+    short = load_text(split="evaluation")[:3000]  # about 1200 tokens; repeated four times, under 5000
+    with pytest.raises(ValueError, match=r"length 99999 is longer than the haystack text allows: at most (\d+)") as e:
+        make("niah", tok, 99999, text=short)  # (named the haystack's share of the length, 99999 minus the needle)
+    assert 3000 < int(re.search(r"at most (\d+)", str(e.value)).group(1)) < 6000
 
 
 # -- scoring ---------------------------------------------------------------------------------------------------------

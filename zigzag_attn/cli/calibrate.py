@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ..defaults import CALIBRATION
-from .common import PROG, CLIError, UsageError, device_name, float_arg, int_arg, load_model, say, versions, writable
+from .common import PROG, CLIError, Model, UsageError, device_name, float_arg, int_arg, say, versions, writable
 from .common import device as pick_device
 from .common import dtype as pick_dtype
 from .show import SHOW_LENGTHS
@@ -57,12 +57,68 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args, argv: list[str]) -> int:
     import torch
 
-    from .. import describe, solve
+    from .. import solve
     from ..data import load_text, passkey_samples
     from ..profile import measure, profile, refine
     from ..scores import Scores
 
     start = time.perf_counter()
+    opts = _options(args)
+    solve_kw = dict(opts["constraint"], sink=args.sink, window=args.window)
+    try:
+        text = load_text(args.data) if args.data else None
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"argument --data: {e}") from None
+
+    target = Model(args.model)  # the config only: check what can be checked before the weights load
+    info = target.info
+    try:
+        floor = solve(Scores(torch.zeros(info.num_layers, info.num_kv_heads), model=info), **solve_kw)
+    except ValueError as e:
+        raise UsageError(f"argument --{next(iter(opts['constraint'])).replace('_', '-')}: {e}") from None
+    k = floor.provenance["constraint"]["retrieval_layers"]
+    choosable = info.num_layers - len(info.native_sliding)
+    if k in (0, choosable):  # every choosable layer one kind: scores cannot change the plan
+        say(f"no profiling needed: the plan keeps {k} of {choosable} choosable layers retrieval, so there is "
+            "nothing to choose" + (f"; no scores to write to {args.scores_out}" if args.scores_out else ""))
+        plan = type(floor).from_layers(floor.modes, sink=floor.sink, window=floor.window, model=floor.model,
+                                       provenance={"solver": "none", "constraint": floor.provenance["constraint"]})
+        return _save(args, argv, plan, start, {"method": None, "profile": None})
+    target.check_length(opts["length"], "--length")
+
+    dtype = pick_dtype(args.dtype, opts["device"])
+    model, tok = target.load(dtype, opts["device"])
+    say(f"building {opts['samples']} calibration prompts of {opts['length']} tokens with {opts['keys']} passkeys "
+        "each ...")
+    try:
+        samples = passkey_samples(tok, n=opts["samples"], length=opts["length"], keys=opts["keys"], text=text,
+                                  seed=args.seed)
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"cannot build calibration prompts: {e}") from None
+    gate_options = {"steps": args.steps} if args.steps is not None else {}
+    say(f"profiling with method={opts['method']!r} ...")
+    batch = opts["batch"]
+    scores = profile(model, tok, method=opts["method"], data=samples, sink=args.sink, window=args.window,
+                     seed=args.seed, progress=True, batch_size=batch, **gate_options)
+    if args.scores_out:
+        scores.save(args.scores_out)
+    plan = solve(scores, **solve_kw)
+    extra: dict[str, Any] = {"method": opts["method"], "dtype": str(dtype).removeprefix("torch."),
+                             "profile": scores.meta}
+    if opts["refine"]:
+        say(f"refining: greedy elimination from {choosable} to {k} retrieval layers ...")
+        extra["topk_loss"] = measure(model, samples, plan, batch_size=batch).loss
+        top = plan
+        wide = solve(scores, retrieval_ratio=1.0, sink=args.sink, window=args.window)
+        plan = refine(wide, model, samples, retrieval_layers=k, scores=scores.layers, candidates=opts["candidates"],
+                      batch_size=batch)
+        plan = type(plan).from_layers(plan.modes, sink=plan.sink, window=plan.window, model=plan.model,
+                                      provenance={**plan.provenance, "constraint": top.provenance["constraint"]})
+    return _save(args, argv, plan, start, extra, opts)
+
+
+def _options(args) -> dict[str, Any]:
+    """The calibration settings: flags, else the device's defaults; UsageError for combinations that cannot work."""
     if args.context_length is not None and args.kv_budget is None:
         raise UsageError("argument --context-length: only used with --kv-budget")
     if args.kv_budget is not None and args.context_length is None:
@@ -72,85 +128,41 @@ def run(args, argv: list[str]) -> int:
         writable(args.scores_out, "--scores-out")
     device = pick_device(args.device)
     defaults = CALIBRATION[device]
-    method = defaults["method"] if args.method == "auto" else args.method
-    if args.steps is not None and method != "gates":
-        raise UsageError(f"argument --steps: only used with --method gates (the method is {method})")
-    length = args.length if args.length is not None else defaults["length"]
-    samples_n = args.samples if args.samples is not None else defaults["samples"]
-    keys = args.keys if args.keys is not None else defaults["keys"]
-    do_refine = args.refine if args.refine is not None else defaults["refine"]
-    candidates = args.candidates if args.candidates is not None else defaults["candidates"]
-    if args.candidates is not None and not do_refine:
+    given = {"method": None if args.method == "auto" else args.method, "length": args.length,
+             "samples": args.samples, "keys": args.keys, "refine": args.refine, "candidates": args.candidates}
+    opts = {**defaults, **{k: v for k, v in given.items() if v is not None}, "device": device}
+    if args.steps is not None and opts["method"] != "gates":
+        raise UsageError(f"argument --steps: only used with --method gates (the method is {opts['method']})")
+    if args.candidates is not None and not opts["refine"]:
         raise UsageError("argument --candidates: only used with --refine")
-    if length < 64 * keys:
-        raise UsageError(f"argument --length: {length} tokens is too short for {keys} passkeys "
-                         f"(need at least {64 * keys}; lower --keys or raise --length)")
-    constraint: dict[str, Any]
+    if opts["length"] < 64 * opts["keys"]:
+        raise UsageError(f"argument --length: {opts['length']} tokens is too short for {opts['keys']} passkeys "
+                         f"(need at least {64 * opts['keys']}; lower --keys or raise --length)")
     if args.retrieval_layers is not None:
-        constraint = {"retrieval_layers": args.retrieval_layers}
+        opts["constraint"] = {"retrieval_layers": args.retrieval_layers}
     elif args.kv_budget is not None:
-        constraint = {"kv_budget": args.kv_budget, "context_length": args.context_length}
+        opts["constraint"] = {"kv_budget": args.kv_budget, "context_length": args.context_length}
     else:
-        constraint = {"retrieval_ratio": 0.5 if args.retrieval_ratio is None else args.retrieval_ratio}
-    solve_kw = dict(constraint, sink=args.sink, window=args.window)
+        opts["constraint"] = {"retrieval_ratio": 0.5 if args.retrieval_ratio is None else args.retrieval_ratio}
+    return opts
 
-    try:
-        text = load_text(args.data) if args.data else None
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(f"argument --data: {e}") from None
 
-    dtype = pick_dtype(args.dtype, device)
-    model, tok = load_model(args.model, dtype, device)
-    info = describe(model)
-    try:  # check the size constraint against the model before minutes of profiling
-        solve(Scores(torch.zeros(info.num_layers, info.num_kv_heads), model=info), **solve_kw)
-    except ValueError as e:
-        flag = "--" + next(iter(constraint)).replace("_", "-")
-        raise UsageError(f"argument {flag}: {e}") from None
-
-    say(f"building {samples_n} calibration prompts of {length} tokens with {keys} passkeys each ...")
-    try:
-        samples = passkey_samples(tok, n=samples_n, length=length, keys=keys, text=text, seed=args.seed)
-    except (TypeError, ValueError) as e:
-        raise CLIError(f"cannot build calibration prompts: {e}") from None
-    gate_options = {"steps": args.steps} if args.steps is not None else {}
-    say(f"profiling with method={method!r} ...")
-    batch = defaults["batch"]
-    scores = profile(model, tok, method=method, data=samples, sink=args.sink, window=args.window, seed=args.seed,
-                     progress=True, batch_size=batch, **gate_options)
-    if args.scores_out:
-        scores.save(args.scores_out)
-    plan = solve(scores, **solve_kw)
-    target = plan.provenance["constraint"]["retrieval_layers"]
-    extra: dict[str, Any] = {}
-    if do_refine:
-        choosable = info.num_layers - len(info.native_sliding)
-        if target < choosable:
-            say(f"refining: greedy elimination from {choosable} to {target} retrieval layers ...")
-            extra["topk_loss"] = measure(model, samples, plan, batch_size=batch).loss
-            top = plan
-            wide = solve(scores, retrieval_ratio=1.0, sink=args.sink, window=args.window)
-            plan = refine(wide, model, samples, retrieval_layers=target, scores=scores.layers, candidates=candidates,
-                          batch_size=batch)
-            plan = type(plan).from_layers(plan.modes, sink=plan.sink, window=plan.window, model=plan.model,
-                                          provenance={**plan.provenance, "constraint": top.provenance["constraint"]})
+def _save(args, argv: list[str], plan, start: float, extra: dict[str, Any], opts: dict[str, Any] | None = None) -> int:
+    """Record how the plan was made, save it, and print it with its KV savings."""
     seconds = time.perf_counter() - start
-    provenance = {
-        **plan.provenance, **extra,
-        "command": shlex.join([PROG, *argv]),
-        "model_name": args.model, "method": method, "device": device_name(device),
-        "dtype": str(dtype).removeprefix("torch."), "seconds": round(seconds, 1),
-        "calibration": {"length": length, "samples": samples_n, "keys": keys, "seed": args.seed,
-                        "data": [str(p) for p in args.data] if args.data else "shipped:calibration",
-                        "refine": do_refine, "candidates": candidates},
-        "profile": scores.meta, "versions": versions(),
-    }
+    calibration = opts and {"length": opts["length"], "samples": opts["samples"], "keys": opts["keys"],
+                            "seed": args.seed, "refine": opts["refine"], "candidates": opts["candidates"],
+                            "data": [str(p) for p in args.data] if args.data else "shipped:calibration"}
+    provenance = {**plan.provenance, **extra, "command": shlex.join([PROG, *argv]), "model_name": args.model,
+                  "device": device_name(pick_device(args.device)), "seconds": round(seconds, 1),
+                  "calibration": calibration, "versions": versions()}
     plan = type(plan).from_layers(plan.modes, sink=plan.sink, window=plan.window, model=plan.model,
                                   provenance=provenance)
     path = plan.save(args.out)
     print(plan.describe())
-    lengths = sorted({length, *(n for n in SHOW_LENGTHS if n > length)})[:4]
+    first = opts["length"] if opts else SHOW_LENGTHS[0]
+    lengths = sorted({first, *(n for n in SHOW_LENGTHS if n > first)})[:4]
     print("KV cache vs full attention: " + ", ".join(f"{plan.kv_fraction(n):.3f} at {n}" for n in lengths))
-    print(f"saved {path}" + (f" (scores: {args.scores_out})" if args.scores_out else "")
+    print(f"saved {path}" + (f" (scores: {args.scores_out})" if args.scores_out and opts else "")
           + f" in {seconds:.1f} s")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 PROG = "zigzag-attn"
@@ -56,6 +57,29 @@ def writable(path: str, arg: str) -> None:
         raise UsageError(f"argument {arg}: {path!r} is a directory; give a file name")
 
 
+def read_text(path: str, arg: str) -> str:
+    """A UTF-8 text file's contents; a file that is not text (compressed, binary) is a UsageError naming `arg`."""
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as e:
+        raise CLIError(f"cannot read {arg}: {e}") from None
+    kind = next((k for magic, k in BINARY if data.startswith(magic)), None)
+    if kind is None and b"\0" in data:
+        kind = "binary data"
+    try:
+        text = data.decode("utf-8") if kind is None else None
+    except UnicodeDecodeError as e:
+        kind = f"not UTF-8 text (byte {e.start})"
+        text = None
+    if text is None:
+        raise UsageError(f"argument {arg}: {path!r} is {kind}, not a text file; give UTF-8 text")
+    return text
+
+
+BINARY = ((b"\x1f\x8b", "gzip-compressed"), (b"BZh", "bzip2-compressed"), (b"\xfd7zXZ\0", "xz-compressed"),
+          (b"PK\x03\x04", "a zip archive"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"), (b"%PDF", "a PDF"))
+
+
 # -- devices, models, plans ----------------------------------------------------------------------------------------
 def device(choice: str) -> str:
     """"auto" -> cuda when torch sees one, else cpu; "cuda" without CUDA is a UsageError."""
@@ -77,17 +101,53 @@ def dtype(choice: str, device: str):
     return getattr(torch, choice)
 
 
-def load_model(model: str, dtype, device: str | None):
-    """(model, tokenizer) from an alias, a directory or a .gguf; failures are CLIErrors naming the model."""
-    from ..models import load
+class Model:
+    """A model argument whose config has been read (no weights yet), so plans and lengths can be checked first.
 
-    say(f"loading {model} ({str(dtype).removeprefix('torch.')}, {device or 'cpu'}) ...")
+    info: its `ModelInfo`; context: max_position_embeddings (None when the config does not say).
+    """
+
+    def __init__(self, name: str):
+        from ..model_info import config_info
+        from ..models import read_config
+
+        self.name = name
+        with _load_errors(name):
+            self.config = read_config(name)
+            self.info = config_info(self.config)
+        self.context = getattr(self.config.get_text_config(decoder=True), "max_position_embeddings", None)
+
+    def check_plan(self, plan, what: str = "the plan") -> None:
+        """CLIError when `plan` cannot drive this model."""
+        try:
+            plan.check_model(self.info)
+        except ValueError as e:
+            raise CLIError(f"{what} does not fit {self.name}: {e}") from None
+
+    def check_length(self, tokens: int, arg: str) -> None:
+        """UsageError naming `arg` when `tokens` is longer than the model's context."""
+        if self.context and tokens > self.context:
+            raise UsageError(f"argument {arg}: {tokens} tokens is longer than {self.name}'s context "
+                             f"(max_position_embeddings = {self.context})")
+
+    def load(self, dtype, device: str | None):
+        """(model, tokenizer), with the config already read."""
+        from ..models import load
+
+        say(f"loading {self.name} ({str(dtype).removeprefix('torch.')}, {device or 'cpu'}) ...")
+        with _load_errors(self.name):
+            return load(self.name, dtype=dtype, device=device, config=self.config)
+
+
+@contextmanager
+def _load_errors(name: str):
+    """Turns what loading a model argument raises into a CLIError naming it."""
     try:
-        return load(model, dtype=dtype, device=device)
+        yield
     except (FileNotFoundError, ModuleNotFoundError) as e:
         raise CLIError(str(e)) from None
-    except (OSError, ValueError, RuntimeError) as e:  # transformers: not a model directory, a bad config, ...
-        raise CLIError(f"cannot load {model!r}: {e}") from None
+    except (OSError, ValueError, RuntimeError, KeyError) as e:  # not a model directory, a bad config, ...
+        raise CLIError(f"cannot load {name!r}: {e}") from None
 
 
 def load_plan(name: str):

@@ -18,7 +18,7 @@ from ..eval.run import evaluate
 from ..eval.tasks import TASKS
 from ..plan import Plan
 from ..scores import Scores
-from .common import CLIError, UsageError, float_arg, int_arg, load_model
+from .common import CLIError, Model, UsageError, float_arg, int_arg
 
 RULER_TASKS = ("multikey", "multivalue", "vartrack", "commonwords")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -100,7 +100,17 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                                  "it from")
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
-    model, tokenizer = _load(args)
+    target = _model(args)  # the config only: plans and lengths are checked before the weights load
+    for name, plan in plans.items():
+        try:
+            plan.check_model(target.info)
+        except ValueError as e:
+            raise UsageError(f"argument --plan: {name}: {e}") from None
+    if args.eval_command == "ppl":
+        target.check_length(args.max_tokens, "--max-tokens")
+    else:
+        _check_lengths(args.lengths, target, text)
+    model, tokenizer = _load(args, target)
     if args.eval_command == "ppl":
         return _ppl(args, model, tokenizer, plans, texts)
     tasks = {"niah": ["niah"], "passkey": ["passkey"], "ruler": [getattr(args, "task", None)]}.get(
@@ -172,13 +182,30 @@ def _model_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--dtype", choices=DTYPES, default="float32", help="weights dtype (default float32)")
 
 
-def _load(args):
+def _model(args) -> Model:
+    try:
+        return Model(args.model)
+    except CLIError as e:
+        raise UsageError(f"cannot load model {args.model!r}: {e}") from None
+
+
+def _load(args, target: Model):
     import torch
 
     try:
-        return load_model(args.model, getattr(torch, args.dtype), args.device)
+        return target.load(getattr(torch, args.dtype), args.device)
     except CLIError as e:
         raise UsageError(f"cannot load model {args.model!r}: {e}") from None
+
+
+def _check_lengths(lengths: list[int], target: Model, text: str | None) -> None:
+    """UsageError, naming the limit, for a length past the model's context or more than the haystack can fill."""
+    target.check_length(max(lengths), "--lengths")
+    hay = load_text(split="evaluation") if text is None else text
+    most = 4 * len(hay.encode("utf-8"))  # a token covers at least one byte; the text repeats at most 4 times
+    if max(lengths) > most:
+        raise UsageError(f"argument --lengths: {max(lengths)} tokens is more than the haystack text can fill (at "
+                         f"most {most} tokens: {len(hay)} characters, repeated at most four times over)")
 
 
 def _ppl(args, model, tokenizer, plans: dict[str, Plan], texts: list[str]) -> int:

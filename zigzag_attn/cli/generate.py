@@ -3,11 +3,12 @@ and the KV-cache memory it used against full attention's."""
 
 from __future__ import annotations
 
+import itertools
 import sys
+import threading
 import time
-from pathlib import Path
 
-from .common import CLIError, UsageError, int_arg, load_model, load_plan, say
+from .common import CLIError, Model, UsageError, int_arg, load_plan, read_text, say
 from .common import device as pick_device
 from .common import dtype as pick_dtype
 
@@ -33,18 +34,15 @@ def run(args, argv: list[str]) -> int:
 
     from .. import cache_of, describe, patch
 
-    if args.prompt_file is not None:
-        try:
-            text = Path(args.prompt_file).read_text(encoding="utf-8", errors="replace")
-        except OSError as e:
-            raise CLIError(f"cannot read --prompt-file: {e}") from None
-    else:
-        text = args.prompt
+    text = read_text(args.prompt_file, "--prompt-file") if args.prompt_file is not None else args.prompt
     if not text.strip():
-        raise UsageError("argument --prompt: the prompt is empty")
+        raise UsageError("argument --prompt-file: the file holds no text" if args.prompt_file is not None
+                         else "argument --prompt: the prompt is empty")
     device = pick_device(args.device)
     plan = load_plan(args.plan)
-    model, tok = load_model(args.model, pick_dtype(args.dtype, device), device)
+    target = Model(args.model)
+    target.check_plan(plan)  # before the weights load
+    model, tok = target.load(pick_dtype(args.dtype, device), device)
     try:
         patch(model, plan)
     except (ValueError, TypeError) as e:
@@ -56,13 +54,16 @@ def run(args, argv: list[str]) -> int:
                                        add_generation_prompt=True)
     inputs = tok(text, return_tensors="pt", add_special_tokens=not args.chat).to(device)
     n_prompt = inputs.input_ids.shape[1]
-    say(f"{plan.describe()}\nprompt: {n_prompt} tokens; generating up to {args.max_new_tokens} ...")
+    say(f"{plan.describe()}\nprefill of {n_prompt} prompt tokens, then up to {args.max_new_tokens} new tokens ...")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    clock = _Clock()
+    clock = Progress(n_prompt, args.max_new_tokens)
     start = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=pad,
-                             return_dict_in_generate=True, streamer=clock)
+    try:
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=pad,
+                                 return_dict_in_generate=True, streamer=clock)
+    finally:
+        clock.end()  # (generate calls it too; a second call only clears the line again)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -80,20 +81,56 @@ def run(args, argv: list[str]) -> int:
     decode = (f", then {(len(new) - 1) / (seconds - first):.1f} tokens/s decoding"
               if len(new) > 1 and seconds > first else "")
     say(f"{len(new)} new tokens in {seconds:.2f} s ({len(new) / seconds:.1f} tokens/s overall): "
-         f"prefill of {n_prompt} prompt tokens + first token {first:.2f} s{decode}")
+        f"prefill of {n_prompt} prompt tokens + first token {first:.2f} s{decode}")
     say(f"KV cache at {tokens} tokens: {used / 2**20:.2f} MiB; full attention would hold {full / 2**20:.2f} MiB "
-         f"({used / full:.1%})")
+        f"({used / full:.1%})")
     return 0
 
 
-class _Clock:
-    """A generate() streamer that only notes when each put() comes: the prompt, then every new token."""
+SPINNER = "|/-\\"
 
-    def __init__(self):
+
+class Progress:
+    """A generate() streamer: notes when each put() comes (the prompt, then every new token) and, on a terminal,
+    shows the prefill's elapsed seconds with a spinner, then the count of new tokens, on one stderr line."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, stream=None):
         self.times: list[float] = []
+        self.prompt_tokens, self.max_new_tokens = prompt_tokens, max_new_tokens
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self._stop = threading.Event()
+        self._spinner: threading.Thread | None = None
 
     def put(self, value) -> None:
         self.times.append(time.perf_counter())
+        if not self.live:
+            return
+        if len(self.times) == 1:  # the prompt: prefill starts
+            self._spinner = threading.Thread(target=self._spin, daemon=True)
+            self._spinner.start()
+            return
+        self._halt()
+        self._show(f"generating: {len(self.times) - 1}/{self.max_new_tokens} new tokens")
 
     def end(self) -> None:
-        pass
+        self._halt()
+        if self.live:
+            self._show("")
+
+    def _spin(self) -> None:
+        for turn in itertools.cycle(SPINNER):
+            self._show(f"prefill of {self.prompt_tokens} tokens: {time.perf_counter() - self.times[0]:.0f} s {turn}")
+            if self._stop.wait(0.25):
+                return
+
+    def _halt(self) -> None:
+        if self._spinner is not None:
+            self._stop.set()
+            self._spinner.join()
+            self._spinner = None
+
+    def _show(self, line: str) -> None:
+        """Overwrite the line (an empty `line` clears it)."""
+        self.stream.write(f"\r{line:<60}" + ("\r" if not line else ""))
+        self.stream.flush()

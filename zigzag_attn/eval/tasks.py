@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data.passkey import IGNORE, Sample, boundary, haystack, label_spans, passkey_samples
+from ..data.passkey import IGNORE, Sample, TextTooShort, boundary, haystack, label_spans, passkey_samples
 from ..data.texts import load_text
 
 ADJECTIVES = ("amber", "brisk", "calm", "dusty", "eager", "faint", "gentle", "hollow", "icy", "jolly", "keen", "lucky",
@@ -202,7 +202,10 @@ def _needle_prompt(tok, text: str, length: int, rng: random.Random, needles: Seq
     if budget < 16:
         raise ValueError(f"length {length} is too small: the needles and question alone take "
                          f"{length - budget} tokens")
-    hay = haystack(tok, text, budget, rng)
+    try:
+        hay = haystack(tok, text, budget, rng)
+    except TextTooShort as e:
+        raise e.for_prompt(length, length - budget) from None
     body, cursor = [], 0
     for d, sentence in sorted(needles, key=lambda x: x[0]):
         cut = cursor if d <= 0 else boundary(hay, int(d * len(hay)), cursor)
