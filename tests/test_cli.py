@@ -271,6 +271,18 @@ def test_checked_before_the_weights_load(capsys, tiny_dir, scored_plan, tmp_path
     assert code == 2 and "argument --max-tokens: 3000 tokens is longer" in err
 
 
+def test_plots_need_matplotlib_checked_first(capsys, tiny_dir, scored_plan, tmp_path, no_weights, monkeypatch):
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert any(d.startswith("matplotlib") for d in pyproject["project"]["dependencies"])  # the main install has it
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    code, _, err = run(capsys, "eval", "niah", str(tiny_dir), "--lengths", "512", "--png", str(tmp_path / "h.png"))
+    assert code == 1 and "--png needs matplotlib" in err  # before the model loads (no_weights)
+    code, _, err = run(capsys, "show", str(scored_plan), "--png", str(tmp_path / "p.png"))
+    assert code == 1 and "--png needs matplotlib" in err
+
+
 def test_calibrate_without_choice_skips_profiling(capsys, tiny_dir, tmp_path, no_weights):
     out_path = tmp_path / "plan.json"
     code, out, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(out_path), "--retrieval-ratio", "0",

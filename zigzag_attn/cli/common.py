@@ -80,6 +80,14 @@ BINARY = ((b"\x1f\x8b", "gzip-compressed"), (b"BZh", "bzip2-compressed"), (b"\xf
           (b"PK\x03\x04", "a zip archive"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"), (b"%PDF", "a PDF"))
 
 
+def can_plot(arg: str) -> None:
+    """CLIError, before any work, when `arg` asks for a PNG and matplotlib is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CLIError(f"{arg} needs matplotlib, a dependency of zigzag-attn: pip install matplotlib")
+
+
 # -- devices, models, plans ----------------------------------------------------------------------------------------
 def device(choice: str) -> str:
     """"auto" -> cuda when torch sees one, else cpu; "cuda" without CUDA is a UsageError."""

@@ -18,7 +18,7 @@ from ..eval.run import evaluate
 from ..eval.tasks import TASKS
 from ..plan import Plan
 from ..scores import Scores
-from .common import CLIError, Model, UsageError, float_arg, int_arg
+from .common import CLIError, Model, UsageError, can_plot, float_arg, int_arg
 
 RULER_TASKS = ("multikey", "multivalue", "vartrack", "commonwords")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -80,6 +80,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         plans = _plans(args.plan)
         for out in ("json", "png", "budget_png", "heatmap_png"):
             _check_out(getattr(args, out, None), "--" + out.replace("_", "-"))
+            if out != "json" and getattr(args, out, None):
+                can_plot("--" + out.replace("_", "-"))
         if args.eval_command == "ppl":
             from ..eval.ppl import documents
 

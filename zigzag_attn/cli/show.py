@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .common import CLIError, load_plan, writable
+from .common import can_plot, load_plan, writable
 
 SHOW_LENGTHS = (1024, 4096, 16384, 65536, 131072)
 
@@ -22,6 +22,7 @@ def run(args, argv: list[str]) -> int:
     plan = load_plan(args.plan)
     if args.png:
         writable(args.png, "--png")
+        can_plot("--png")
     prov = plan.provenance
     heads = plan.model.num_kv_heads if plan.model else (len(plan.heads[0]) if plan.heads else 1)
     mask = plan.head_mask(heads)
@@ -65,10 +66,7 @@ def _grid(v, n: int, h: int) -> list[list[float]] | None:
 
 
 def _heatmap(plan, mask, layer_scores, head_scores, path: str, title: str) -> None:
-    try:
-        import matplotlib
-    except ModuleNotFoundError:
-        raise CLIError("--png needs matplotlib: pip install matplotlib") from None
+    import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap, SymLogNorm
