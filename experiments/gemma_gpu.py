@@ -1,6 +1,9 @@
 """Make the shipped Gemma-3-270M plan on a GPU and evaluate it against every single-layer choice, 2k to 32k tokens.
 
-    python3 benchmarks/gemma_gpu.py --gguf /root/zz-models/gemma-3-270m-q4_k_m.gguf --out $OUT [--quick --device cpu]
+    python3 experiments/gemma_gpu.py --gguf /root/zz-models/gemma-3-270m-q4_k_m.gguf --out $OUT [--quick --device cpu]
+
+Produced docs/results/gemma_gpu/ and the shipped plan zigzag_attn/plans/gemma3-270m@0.33.json (docs/results.md,
+"Gemma-3-270M"; run as benchmarks/gemma_gpu.py, the command they record).
 
 1. `zigzag-attn calibrate` itself (its GPU defaults: ablation scores, then measured greedy elimination), keeping
    1 of Gemma's 3 full-attention layers (5, 11, 17; the other 15 use the model's own sliding window), sink 64,
@@ -67,7 +70,7 @@ def main() -> None:
     def tidy(cmd: str) -> str:  # record $OUT, not this run's folder
         return cmd.replace(os.environ["OUT"], "$OUT") if os.environ.get("OUT") else cmd
 
-    command = tidy(shlex.join(["python3", "benchmarks/gemma_gpu.py", *sys.argv[1:]]))
+    command = tidy(shlex.join(["python3", "experiments/gemma_gpu.py", *sys.argv[1:]]))
 
     plan_path = out / f"{NAME.replace('@', '_')}.json"  # the device tool returns no names with '@'
 
@@ -133,7 +136,7 @@ def finalize(res: dict, results: Results, label: str, plan_path: Path, tidy=lamb
     cfg = res["config"]
     provenance = {**plan.provenance, "command": res["command"], "calibrate_command": tidy(plan.provenance["command"]),
                   "model_name": "gemma3-270m", "evaluation_seconds": eval_seconds,
-                  "note": f"Made by benchmarks/gemma_gpu.py, which runs `zigzag-attn calibrate` (calibrate_command) "
+                  "note": f"Made by experiments/gemma_gpu.py, which runs `zigzag-attn calibrate` (calibrate_command) "
                           f"and evaluates on held-out text (evaluation novels; {cfg['depths']} depths x "
                           f"{cfg['per_cell']} prompts per length and task) against full attention, all-streaming "
                           "and every other single-full-layer choice.",
