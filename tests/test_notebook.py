@@ -23,7 +23,7 @@ pytestmark = [
 ]
 
 
-def test_walkthrough_notebook_executes():
+def test_walkthrough_notebook_executes(monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("matplotlib")
@@ -35,6 +35,7 @@ def test_walkthrough_notebook_executes():
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "LENGTH = 1024" in params[0].source
     params[0].source = QUICK
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's torch: one thread, as in the rest of the suite
     client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOK.parent)}})
     client.execute()  # raises CellExecutionError, with the cell's traceback, if any cell fails

