@@ -343,6 +343,7 @@ def test_smollm2_alias_loads(smollm2):
     model, tok = smollm2  # models.load("smollm2-135m"), shared
     info = zz.describe(model)
     assert (info.num_layers, info.num_kv_heads, info.name) == (30, 3, "smollm2-135m") and tok.is_fast
+    assert zz.model_info.config_info(models.read_config("smollm2-135m")) == info  # the config alone, no weights
 
 
 def test_plan_json_is_plain(scored_plan):

@@ -52,7 +52,10 @@ def read_config(model: str):
     from transformers import AutoConfig
 
     folder, kwargs = _located(model)
-    return AutoConfig.from_pretrained(folder, local_files_only=True, **kwargs)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, **kwargs)
+    if model in ALIASES:
+        config.name_or_path = model  # as `load` names the model: plans record the alias
+    return config
 
 
 def load(model: str, *, dtype=None, device: str | None = None, config=None):
