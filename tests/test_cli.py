@@ -84,6 +84,7 @@ def scored_plan(tmp_path) -> Path:
     (["calibrate", "m", "--out", "p.json", "--samples", "0"], "--samples"),
     (["calibrate", "m", "--out", "p.json", "--candidates", "3", "--no-refine"], "--candidates"),
     (["calibrate", "m", "--out", "p.json", "--method", "attention", "--steps", "10"], "--steps"),
+    (["calibrate", "m", "--out", "p.json", "--granularity", "head"], "--granularity"),
     (["calibrate", "m", "--out", "/no/such/dir/p.json"], "--out"),
     (["calibrate", "m", "--out", "p.json", "--data", "/no/such/text.txt"], "--data"),
     (["calibrate", "m", "--out", "p.json", "--dtype", "float8"], "--dtype"),
@@ -188,6 +189,20 @@ def test_calibrate_reads_the_library_defaults(capsys, tiny_dir, tmp_path, monkey
     assert code == 0, err
     cal = zz.Plan.load(out_path).provenance["calibration"]
     assert (cal["length"], cal["samples"], cal["keys"]) == (200, 1, 1)
+
+
+def test_calibrate_head_gates_give_per_head_scores(capsys, tiny_dir, tmp_path):
+    """The CLI route to the per-head scores eval's DuoAttention baseline needs."""
+    from zigzag_attn.eval.policies import head_scores_problem
+
+    scores_path = tmp_path / "heads.json"
+    code, _, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(tmp_path / "p.json"), "--method", "gates",
+                       "--granularity", "head", "--steps", "3", "--retrieval-layers", "2", "--length", "256",
+                       "--keys", "2", "--samples", "1", "--sink", "4", "--window", "32",
+                       "--scores-out", str(scores_path))
+    assert code == 0, err
+    scores = zz.Scores.load(scores_path)
+    assert scores.meta["granularity"] == "head" and head_scores_problem(scores) is None
 
 
 def test_calibrate_refine_kv_budget_user_text(capsys, tiny_dir, tmp_path):

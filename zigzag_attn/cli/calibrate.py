@@ -50,6 +50,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     cal.add_argument("--seed", type=int_arg(None), default=0)
     cal.add_argument("--scores-out", metavar="SCORES.json", help="also save the profile scores")
     cal.add_argument("--steps", type=int_arg(1), help="gate training steps (--method gates)")
+    cal.add_argument("--granularity", choices=("layer", "head"), help="--method gates: one gate per layer (default; "
+                     "ranks layers best) or per KV head (per-head scores for eval's DuoAttention baseline)")
     cal.set_defaults(run=run, parser=cal)
     return cal
 
@@ -95,7 +97,7 @@ def run(args, argv: list[str]) -> int:
                                   seed=args.seed)
     except (TypeError, ValueError) as e:
         raise CLIError(f"cannot build calibration prompts: {e}") from None
-    gate_options = {"steps": args.steps} if args.steps is not None else {}
+    gate_options = {k: v for k, v in (("steps", args.steps), ("granularity", args.granularity)) if v is not None}
     say(f"profiling with method={opts['method']!r} ...")
     batch = opts["batch"]
     scores = profile(model, tok, method=opts["method"], data=samples, sink=args.sink, window=args.window,
@@ -131,8 +133,9 @@ def _options(args) -> dict[str, Any]:
     given = {"method": None if args.method == "auto" else args.method, "length": args.length,
              "samples": args.samples, "keys": args.keys, "refine": args.refine, "candidates": args.candidates}
     opts = {**defaults, **{k: v for k, v in given.items() if v is not None}, "device": device}
-    if args.steps is not None and opts["method"] != "gates":
-        raise UsageError(f"argument --steps: only used with --method gates (the method is {opts['method']})")
+    for flag, value in (("--steps", args.steps), ("--granularity", args.granularity)):
+        if value is not None and opts["method"] != "gates":
+            raise UsageError(f"argument {flag}: only used with --method gates (the method is {opts['method']})")
     if args.candidates is not None and not opts["refine"]:
         raise UsageError("argument --candidates: only used with --refine")
     if opts["length"] < 64 * opts["keys"]:

@@ -162,8 +162,8 @@ def _task_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
                                                  "(default: the first plan's)")
     sp.add_argument("--duo", action="store_true", help="also a DuoAttention-style head plan at each plan's KV budget "
                                                         "(needs --scores)")
-    sp.add_argument("--scores", help="per-head scores (a zigzag-attn scores file, e.g. from zz.profile(model, tok, "
-                                     "method='gates', granularity='head')) for the DuoAttention plans")
+    sp.add_argument("--scores", help="per-head scores for the DuoAttention plans (a scores file, e.g. from "
+                                     "calibrate --method gates --granularity head --scores-out)")
     sp.add_argument("--sink", type=_non_negative, help="sink tokens of the streaming/random plans "
                                                        "(default: the first plan's, else 64)")
     sp.add_argument("--window", type=_positive, help="window of the streaming/random plans "

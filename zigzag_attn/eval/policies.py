@@ -78,10 +78,11 @@ def given(plans: Mapping[str, Plan] | Sequence[Plan]) -> list[Policy]:
 def duo(plan: Plan, context_length: int, scores: Scores | None = None, *, name: str | None = None) -> Policy:
     """DuoAttention-style head-level plan at the KV budget `plan` has at `context_length` tokens (`zz.solve_heads`).
 
-    `scores.heads` (`[num_layers, num_kv_heads]`) must rank heads, e.g. per-head gates:
-    `zz.profile(model, tok, method="gates", granularity="head")`. A baseline must never quietly be the plan it is
-    compared with, so this raises ValueError, saying why, when there are no scores, when every head of each layer
-    scores the same (the head plan could only pick whole layers), or when the head plan equals `plan`.
+    `scores.heads` (`[num_layers, num_kv_heads]`) must rank heads, e.g. per-head gates from
+    `zz.profile(model, tok, method="gates", granularity="head")` or `calibrate --granularity head --scores-out`.
+    A baseline must never quietly be the plan it is compared with, so this raises ValueError, saying why, when there
+    are no scores, when every head of each layer scores the same (the head plan could only pick whole layers), or
+    when the head plan equals `plan`.
     With the same number of retrieval heads at every length, the budget is equal at every length.
     """
     problem = head_scores_problem(scores)
@@ -96,7 +97,8 @@ def duo(plan: Plan, context_length: int, scores: Scores | None = None, *, name: 
 
 def head_scores_problem(scores: Scores | None) -> str | None:
     """Why `scores` cannot rank KV heads for a DuoAttention baseline, or None when they can."""
-    how = 'head scores come from zz.profile(model, tok, method="gates", granularity="head")'
+    how = ("per-head scores come from `zigzag-attn calibrate MODEL --method gates --granularity head --scores-out "
+           'S.json` or zz.profile(model, tok, method="gates", granularity="head")')
     if scores is None:
         return f"no head scores were given ({how})"
     heads = scores.heads.float()
