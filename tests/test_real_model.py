@@ -14,14 +14,15 @@ from zigzag_attn.models import load
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    return load(os.environ.get("ZIGZAG_SMOLLM2", "smollm2-135m"))  # alias, or a .gguf path
+def model_and_tok(request):
+    path = os.environ.get("ZIGZAG_SMOLLM2")  # a .gguf path; else the alias, shared with the other tests
+    return load(path) if path else request.getfixturevalue("smollm2")
 
 
 @pytest.mark.real_model
 @torch.no_grad()
-def test_smollm2_matches_reference(smollm2):
-    model, tok = smollm2
+def test_smollm2_matches_reference(model_and_tok):
+    model, tok = model_and_tok
     text = ("The passkey is 71432. Remember it. " + "The grass is green. The sky is blue. " * 30
             + "What is the passkey? The passkey is")
     x = tok(text, return_tensors="pt").input_ids[:, :300]

@@ -170,6 +170,9 @@ def test_native_sliding_layers_stay_retrieval_and_do_not_count():
     assert solve(sc, retrieval_ratio=1.0).retrieval_layers == list(range(6))
     assert solve(sc, retrieval_ratio=0.0).streaming_layers == [1, 3, 5]
     assert solve(sc, retrieval_layers=0, pin_retrieval=[0]).streaming_layers == [1, 3, 5]  # no-op pin
+    # describe() does not count the model's own sliding-window layers as retrieval
+    assert plan.describe() == ("Plan(6 layers: 1 retrieval, 2 streaming, 0 mixed, 3 the model's own sliding window; "
+                               "sink=64, window=256) [wswRws]")
 
 
 def test_ratio_rounds_half_up():

@@ -12,7 +12,12 @@ NATIVE_LOCAL = ("sliding_attention", "chunked_attention")
 
 def describe(model) -> ModelInfo:
     """Layers, KV heads, head_dim and the model's own sliding-window layers."""
-    config = model.config.get_text_config(decoder=True)
+    return config_info(model.config)
+
+
+def config_info(model_config) -> ModelInfo:
+    """`describe` from a model's config alone (e.g. `AutoConfig.from_pretrained`), before any weights load."""
+    config = model_config.get_text_config(decoder=True)
     layers = config.num_hidden_layers
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -21,7 +26,7 @@ def describe(model) -> ModelInfo:
     window = getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None)
     native = {i: int(window) for i, t in enumerate(types[:layers]) if t in NATIVE_LOCAL}
     return ModelInfo(model_type=config.model_type, num_layers=layers, num_kv_heads=kv_heads, head_dim=head_dim,
-                     name=getattr(model.config, "name_or_path", None) or None, native_sliding=native)
+                     name=getattr(model_config, "name_or_path", None) or None, native_sliding=native)
 
 
 def input_device(model) -> torch.device:

@@ -44,19 +44,42 @@ def resolve(model: str) -> tuple[Path, str | None]:
                             f"({', '.join(ALIASES)})")
 
 
-def load(model: str, *, dtype=None, device: str | None = None):
-    """(model, tokenizer) loaded offline; GGUF weights are de-quantised to `dtype` (default float32)."""
+def read_config(model: str):
+    """The model's transformers config, from config.json or the GGUF metadata, without loading any weights.
+
+    Pass it on as `load(model, config=...)`: the GGUF metadata is then not parsed a second time.
+    """
+    from transformers import AutoConfig
+
+    folder, kwargs = _located(model)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, **kwargs)
+    if model in ALIASES:
+        config.name_or_path = model  # as `load` names the model: plans record the alias
+    return config
+
+
+def load(model: str, *, dtype=None, device: str | None = None, config=None):
+    """(model, tokenizer) loaded offline; GGUF weights are de-quantised to `dtype` (default float32).
+
+    config: the model's config when already read (`read_config`), else read here.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, gguf = resolve(model)
-    if gguf is not None and importlib.util.find_spec("gguf") is None:
-        raise ModuleNotFoundError("loading a GGUF model needs the gguf package: pip install 'zigzag-attn[models]'")
-    kwargs = {"gguf_file": gguf} if gguf else {}
+    folder, kwargs = _located(model)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
-    lm = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32, **kwargs)
+    lm = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32,
+                                              config=config, **kwargs)
     if model in ALIASES:
         lm.config.name_or_path = model  # plans record the alias, not a site-packages path
     if device:
         lm = lm.to(device)
     return lm.eval(), tokenizer
+
+
+def _located(model: str) -> tuple[Path, dict]:
+    """(directory, from_pretrained keyword arguments) of a model argument."""
+    folder, gguf = resolve(model)
+    if gguf is not None and importlib.util.find_spec("gguf") is None:
+        raise ModuleNotFoundError("loading a GGUF model needs the gguf package: pip install 'zigzag-attn[models]'")
+    return folder, ({"gguf_file": gguf} if gguf else {})

@@ -211,10 +211,15 @@ class Plan:
         return cls.from_json(jsonfile.read(path, "plan"), source=str(path))
 
     def describe(self) -> str:
+        """One line: counts by mode and a letter per layer (R retrieval, s streaming, m mixed, w the model's own
+        sliding window, which is neither counted as retrieval nor choosable)."""
         kinds = {RETRIEVAL: "R", STREAMING: "s", MIXED: "m"}
-        return (f"Plan({self.num_layers} layers: {len(self.retrieval_layers)} retrieval, "
-                f"{len(self.streaming_layers)} streaming, {len(self.mixed_layers)} mixed; sink={self.sink}, "
-                f"window={self.window}) [{''.join(kinds[m] for m in self.modes)}]")
+        native = self.model.native_sliding if self.model else {}
+        retrieval = [i for i in self.retrieval_layers if i not in native]
+        own = f", {len(native)} the model's own sliding window" if native else ""
+        return (f"Plan({self.num_layers} layers: {len(retrieval)} retrieval, {len(self.streaming_layers)} streaming, "
+                f"{len(self.mixed_layers)} mixed{own}; sink={self.sink}, window={self.window}) "
+                f"[{''.join('w' if i in native else kinds[m] for i, m in enumerate(self.modes))}]")
 
 
 def _as_nested_list(mask: Any) -> list[list[Any]]:

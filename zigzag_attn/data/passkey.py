@@ -64,7 +64,10 @@ def _sample(tok, text: str, length: int, keys: int, rng: random.Random, depths) 
     special = len(tok("a").input_ids) - len(tok("a", add_special_tokens=False).input_ids)
     overhead = sum(len(tok(s, add_special_tokens=False).input_ids) for s in needles)
     overhead += sum(len(tok(q + a, add_special_tokens=False).input_ids) for q, a in questions) + special + 4
-    hay = haystack(tok, text, length - overhead, rng)
+    try:
+        hay = haystack(tok, text, length - overhead, rng)
+    except TextTooShort as e:
+        raise e.for_prompt(length, overhead) from None
     body, cursor = [], 0
     for d, needle in zip(where, needles, strict=True):
         cut = boundary(hay, int(d * len(hay)), cursor)
@@ -107,7 +110,20 @@ def haystack(tok, text: str, tokens: int, rng: random.Random) -> str:
         if len(enc.input_ids) > tokens:
             return chunk[: enc.offset_mapping[tokens][0]]
         if len(chunk) == size:
-            raise ValueError(f"the haystack text is too short for {tokens} tokens")
+            raise TextTooShort(tokens, len(enc.input_ids))
+
+
+class TextTooShort(ValueError):
+    """The haystack text gives `available` tokens (repeated at most four times over), fewer than `asked`."""
+
+    def __init__(self, asked: int, available: int):
+        super().__init__(f"the haystack text is too short for {asked} tokens; it gives at most {available}")
+        self.asked, self.available = asked, available
+
+    def for_prompt(self, length: int, overhead: int) -> ValueError:
+        """The same failure told in prompt tokens: `length` asked for, of which `overhead` are not haystack."""
+        return ValueError(f"length {length} is longer than the haystack text allows: at most "
+                          f"{self.available + overhead} tokens (the text repeated at most four times over)")
 
 
 def boundary(hay: str, pos: int, lo: int) -> int:

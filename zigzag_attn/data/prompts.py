@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .passkey import IGNORE, Sample, boundary, haystack, label_spans
+from .passkey import IGNORE, Sample, TextTooShort, boundary, haystack, label_spans
 
 SEPARATOR = ", "
 
@@ -22,7 +22,10 @@ def needle_prompt(tok, text: str, length: int, rng: random.Random, needles: Sequ
     if budget < 16:
         raise ValueError(f"length {length} is too small: the needles and question alone take "
                          f"{length - budget} tokens")
-    hay = haystack(tok, text, budget, rng)
+    try:
+        hay = haystack(tok, text, budget, rng)
+    except TextTooShort as e:
+        raise e.for_prompt(length, length - budget) from None
     body, cursor = [], 0
     for d, sentence in sorted(needles, key=lambda x: x[0]):
         cut = cursor if d <= 0 else boundary(hay, int(d * len(hay)), cursor)

@@ -7,7 +7,7 @@
 
 Tasks (`tasks.TASKS`): niah, passkey, and RULER-style multikey, multivalue, vartrack, commonwords; each prompt is
 scored by one teacher-forced forward (`zigzag_attn.profile.measure`). `ppl` computes perplexity in bounded memory.
-The CLI is `zigzag-attn eval ...` (`eval/cli.py`).
+The CLI is `zigzag-attn eval ...` (`zigzag_attn/cli/eval.py`).
 """
 
 from .policies import FAMILIES, Policy, all_streaming, duo, full, given, policies, random_sets

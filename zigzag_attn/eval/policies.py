@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
-
-import torch
 
 from ..model_info import describe
 from ..plan import RETRIEVAL, STREAMING, ModelInfo, Plan
@@ -76,22 +75,37 @@ def given(plans: Mapping[str, Plan] | Sequence[Plan]) -> list[Policy]:
     return out
 
 
-def duo(plan: Plan, context_length: int, scores: Scores | None = None, *, name: str | None = None) -> Policy | None:
+def duo(plan: Plan, context_length: int, scores: Scores | None = None, *, name: str | None = None) -> Policy:
     """DuoAttention-style head-level plan at the KV budget `plan` has at `context_length` tokens (`zz.solve_heads`).
 
-    Head scores come from `scores` (`heads`, `[num_layers, num_kv_heads]`), else from `plan.provenance
-    ["layer_scores"]` (`[num_layers]`, as `zz.solve` records it) broadcast over the KV heads; None when neither.
+    `scores.heads` (`[num_layers, num_kv_heads]`) must rank heads, e.g. per-head gates from
+    `zz.profile(model, tok, method="gates", granularity="head")` or `calibrate --granularity head --scores-out`.
+    A baseline must never quietly be the plan it is compared with, so this raises ValueError, saying why, when there
+    are no scores, when every head of each layer scores the same (the head plan could only pick whole layers), or
+    when the head plan equals `plan`.
     With the same number of retrieval heads at every length, the budget is equal at every length.
     """
-    if scores is None:
-        layer_scores = plan.provenance.get("layer_scores")
-        if plan.model is None or not layer_scores or len(layer_scores) != plan.num_layers:
-            return None
-        heads = torch.tensor(layer_scores, dtype=torch.float32)[:, None].expand(-1, plan.model.num_kv_heads)
-        scores = Scores(heads, model=plan.model, method="layer_scores")
+    problem = head_scores_problem(scores)
+    if problem:
+        raise ValueError(problem)
     head_plan = solve_heads(scores, kv_budget=plan.kv_fraction(context_length), context_length=context_length,
                             sink=plan.sink, window=plan.window)
+    if head_plan.head_mask(scores.num_kv_heads) == plan.head_mask(scores.num_kv_heads):
+        raise ValueError("the head plan these scores give keeps exactly the plan's own heads")
     return Policy(name or "duo", DUO, head_plan)
+
+
+def head_scores_problem(scores: Scores | None) -> str | None:
+    """Why `scores` cannot rank KV heads for a DuoAttention baseline, or None when they can."""
+    how = ("per-head scores come from `zigzag-attn calibrate MODEL --method gates --granularity head --scores-out "
+           'S.json` or zz.profile(model, tok, method="gates", granularity="head")')
+    if scores is None:
+        return f"no head scores were given ({how})"
+    heads = scores.heads.float()
+    if bool((heads == heads[:, :1]).all()):
+        return (f"the scores give every KV head of a layer the same value, so a head-level plan could only keep "
+                f"whole layers ({how})")
+    return None
 
 
 def policies(model, plans: Mapping[str, Plan] | Sequence[Plan] = (), *, streaming: bool = True, n_random: int = 0,
@@ -102,8 +116,8 @@ def policies(model, plans: Mapping[str, Plan] | Sequence[Plan] = (), *, streamin
 
     sink/window for the streaming and random policies default to the first plan's, else 64/256.
     ratio for the random sets defaults to the first plan's share of retrieval layers.
-    with_duo: add a head-level plan at each given plan's KV budget (at `context_length`); plans with no usable
-    scores (see `duo`) are skipped.
+    with_duo: add a head-level plan from `duo_scores` at each given plan's KV budget (at `context_length`); where
+    `duo` finds no honest baseline the plan gets none, with a warning saying why.
     """
     info = describe(model)
     named = given(plans)
@@ -124,9 +138,10 @@ def policies(model, plans: Mapping[str, Plan] | Sequence[Plan] = (), *, streamin
         out += random_sets(info, n_random, ratio, seed=seed, sink=sink, window=window)
     if with_duo:
         for p in named:
-            d = duo(p.plan, context_length, duo_scores, name=f"duo@{p.name}")
-            if d is not None:
-                out.append(d)
+            try:
+                out.append(duo(p.plan, context_length, duo_scores, name=f"duo@{p.name}"))
+            except ValueError as e:
+                warnings.warn(f"no DuoAttention baseline for plan {p.name!r}: {e}", stacklevel=2)
     return out
 
 

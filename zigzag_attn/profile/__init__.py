@@ -15,11 +15,12 @@ import time
 
 import torch
 
+from .. import defaults
+from ..data.calibration import calibration_groups
 from ..data.passkey import Sample, passkey_samples
-from ..model_info import describe
+from ..model_info import describe, input_device
 from ..plan import check_sink_window
 from ..scores import Scores
-from ..data.calibration import calibration_groups
 from .ablation import ablation_scores
 from .measure import Measurement, measure
 from .refine import refine
@@ -28,11 +29,14 @@ from .robust import robust_scores
 METHODS = ("gates", "attention", "robust")
 
 
-def profile(model, tokenizer=None, *, method: str = "attention", data: list[Sample] | None = None, sink: int = 64,
-            window: int = 256, length: int = 2048, samples: int = 4, keys: int = 4, text: str | None = None,
-            seed: int = 0, batch_size: int = 1, progress: bool = True, **gate_options) -> Scores:
+def profile(model, tokenizer=None, *, method: str | None = None, data: list[Sample] | None = None, sink: int = 64,
+            window: int = 256, length: int | None = None, samples: int | None = None, keys: int | None = None,
+            text: str | None = None, seed: int = 0, batch_size: int | None = None, progress: bool = True,
+            **gate_options) -> Scores:
     """Scores (`heads` `[num_layers, num_kv_heads]`, `layers` `[num_layers]`) for `model`.
 
+    method, length, samples, keys, batch_size: None takes the defaults for the device the model runs on
+        (`zigzag_attn.defaults`, the same ones `zigzag-attn calibrate` uses).
     data: calibration samples (`zigzag_attn.data.passkey_samples`); by default `samples` prompts of `length`
         tokens with `keys` passkeys each, built with `tokenizer` from `text` or the shipped calibration novels.
     method="robust": `data` may be `{task: samples}` (default: `data.calibration.calibration_groups` at
@@ -43,6 +47,9 @@ def profile(model, tokenizer=None, *, method: str = "attention", data: list[Samp
         granularity here is "layer" (one gate per layer): for layer-exclusive plans it ranked layers far better than
         per-head gates averaged over a layer (docs/results.md). Use granularity="head" for `solve_heads`.
     """
+    preset = defaults.calibration(input_device(model))
+    method = preset["method"] if method is None else method
+    batch_size = preset["batch"] if batch_size is None else batch_size
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     check_sink_window(sink, window)
@@ -51,12 +58,15 @@ def profile(model, tokenizer=None, *, method: str = "attention", data: list[Samp
         raise TypeError(f"unexpected options for method={method!r}: {', '.join(sorted(set(gate_options) - allowed))}")
     info = describe(model)
     if method == "robust":
-        return _robust(model, tokenizer, info, data, sink, window, length, samples, text, seed, batch_size,
-                       progress, gate_options)
+        return _robust(model, tokenizer, info, data, sink, window, preset["length"] if length is None else length,
+                       preset["samples"] if samples is None else samples, text, seed, batch_size, progress,
+                       gate_options)
     if data is None:
         if tokenizer is None:
             raise ValueError("profile needs a tokenizer to build calibration data (or pass data=)")
-        data = passkey_samples(tokenizer, n=samples, length=length, keys=keys, text=text, seed=seed)
+        data = passkey_samples(tokenizer, n=preset["samples"] if samples is None else samples,
+                               length=preset["length"] if length is None else length,
+                               keys=preset["keys"] if keys is None else keys, text=text, seed=seed)
     if not data:
         raise ValueError("profile needs at least one calibration sample")
     start = time.perf_counter()

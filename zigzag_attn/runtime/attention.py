@@ -1,8 +1,8 @@
 """The `AttentionInterface` function of a patched model: one dispatch on `module.layer_idx`.
 
-Retrieval layers (and the model's own sliding-window layers) run the model's original attention,
-or `flash-attn` where installed; streaming layers run sink + window attention; mixed layers run both
-on their head groups and concatenate, as DuoAttention does.
+Retrieval layers (and the model's own sliding-window layers) run the model's original attention, or `flash-attn`
+when asked for (retrieval_backend="flash"); streaming layers run sink + window attention; mixed layers run both on
+their head groups and concatenate, as DuoAttention does.
 """
 
 from __future__ import annotations
@@ -32,11 +32,15 @@ class Dispatch:
     retrieval_backend: str = "auto"
     decode_backend: str = "auto"
     # looked up once here: inside a compiled decode step an import check would break the graph
-    has_flash: bool = field(default_factory=kernels.flash_attn_installed)
     has_flex: bool = field(default_factory=kernels.flex_available)
 
     def sdpa_decode(self, q: torch.Tensor) -> bool:
         return self.decode_backend == "sdpa" or (self.decode_backend == "auto" and q.is_cuda)
+
+    def flash(self, q: torch.Tensor) -> bool:
+        """Whether retrieval layers call flash-attn: only when asked for. "auto" never picks it, since it has not
+        been run on a GPU against the SDPA path."""
+        return self.retrieval_backend == "flash"
 
     def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         step: Step | None = kwargs.pop("zigzag_step", None)
@@ -55,9 +59,7 @@ class Dispatch:
 
     def full(self, module, q, k, v, mask, scaling, dropout, kwargs) -> torch.Tensor:
         """Causal attention over all keys: `(batch, q_len, heads, head_dim)`."""
-        use_flash = (self.retrieval_backend == "flash" or (self.retrieval_backend == "auto" and q.is_cuda
-                     and q.dtype in (torch.float16, torch.bfloat16) and self.has_flash))
-        if use_flash and mask is None and dropout == 0.0 and kwargs.get("sliding_window") is None:
+        if self.flash(q) and mask is None and dropout == 0.0 and kwargs.get("sliding_window") is None:
             return kernels.causal_flash(q, k, v, scale=scaling)
         plain = dropout == 0.0 and kwargs.get("softcap") is None and kwargs.get("s_aux") is None
         one_row = mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] == 1)

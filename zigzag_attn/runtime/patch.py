@@ -57,7 +57,8 @@ def patch(model, plan: Plan, *, streaming_backend: str = "auto", retrieval_backe
     """Make `model` follow `plan` in place and return it. Re-patching replaces the previous plan.
 
     streaming_backend: "auto" (FlexAttention for CUDA prefill, SDPA otherwise), "sdpa" or "flex".
-    retrieval_backend: "auto" (flash-attn when installed and applicable, else the model's own), "native", "flash".
+    retrieval_backend: "auto" or "native" (the model's own attention), or "flash" (flash-attn; never chosen by
+    "auto", as it has not been run on a GPU against the SDPA path).
     decode_backend (one new token per row, every layer): "auto" (SDPA with grouped heads on CUDA, split-key
     torch matmuls elsewhere), "sdpa" or "split".
     """

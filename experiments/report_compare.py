@@ -1,6 +1,8 @@
 """Tables and plots from `compare_methods.py` results.
 
-    python benchmarks/report_compare.py docs/results/compare_methods_smollm2.json --png-dir docs/results
+    python experiments/report_compare.py docs/results/compare_methods_smollm2.json --png-dir docs/results
+
+Produced the tables of docs/results.md and docs/results/{gates_heatmap,gates_loss,accuracy_vs_kv}.png.
 
 Prints a markdown table (accuracy per policy and cell, share of full attention, best random set) and writes
 gates_heatmap.png (layers x KV heads), gates_loss.png and accuracy_vs_kv.png.

@@ -1,6 +1,10 @@
 """Head-to-head comparison of the profiling methods on a real model, by held-out passkey accuracy.
 
-    python benchmarks/compare_methods.py --model smollm2-135m --out DIR [--smoke] [--budget-s 480]
+    python experiments/compare_methods.py --model smollm2-135m --out DIR [--smoke] [--budget-s 480]
+
+Produced docs/results/compare_methods_smollm2.json (and .log): run 1 of docs/results.md, the method comparison
+whose greedy order the shipped SmolLM2 plans are cut from (run as benchmarks/compare_methods.py, the command the
+plans record).
 
 Steps (each writes DIR/results.json as it finishes, so a cut-off run still leaves its numbers):
   1. gates, one gate per KV head (DuoAttention) and one per layer (layer-exclusive), on 8k multi-passkey prompts

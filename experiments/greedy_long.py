@@ -1,6 +1,9 @@
 """Measured greedy refinement calibrated at a longer length, evaluated against an earlier greedy order.
 
-    python benchmarks/greedy_long.py --model smollm2-135m --out DIR [--calib-len 8192] [--previous RESULTS.json]
+    python experiments/greedy_long.py --model smollm2-135m --out DIR [--calib-len 8192] [--previous RESULTS.json]
+
+Produced docs/results/greedy_long_smollm2.json (and .log): run 2 of docs/results.md, the second independent
+evaluation of the greedy plans that the shipped SmolLM2 plans record.
 
 Runs `refine` (greedy elimination from full attention) on `--calib-n` multi-passkey prompts of `--calib-len`
 tokens, then scores full attention, the new plans and the previous run's greedy plans (same k) on held-out

@@ -1,6 +1,9 @@
 """Write the shipped SmolLM2 plans (`zigzag_attn/plans/`) from the recorded GPU comparison.
 
-    python benchmarks/make_shipped_plans.py
+    python experiments/make_shipped_plans.py
+
+Produced zigzag_attn/plans/smollm2-135m@{0.5,0.33,0.25}.json from docs/results/compare_methods_smollm2.json and
+greedy_long_smollm2.json.
 
 The plans are the measured-greedy ones (the best layer-exclusive method in docs/results.md): the greedy
 elimination order recorded by `compare_methods.py` cut at 50%, 33% and 25% retrieval layers. Each plan records

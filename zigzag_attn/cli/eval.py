@@ -1,8 +1,8 @@
 """`zigzag-attn eval ...`: NIAH, passkey, RULER-style tasks, perplexity, and a multi-task comparison.
 
-`add_parser(subparsers)` registers the `eval` command on a parent CLI and `run(args)` executes it; standalone:
-`python -m zigzag_attn.eval.cli niah MODEL --plan plan.json --lengths 2048,4096 --png heatmap.png`.
-Bad arguments end in one argparse `error:` line (exit status 2), never a traceback.
+    zigzag-attn eval niah MODEL --plan plan.json --lengths 2048,4096 --png heatmap.png
+
+Bad arguments and models that do not load end in one argparse `error:` line (exit status 2), never a traceback.
 """
 
 from __future__ import annotations
@@ -12,14 +12,17 @@ import sys
 from pathlib import Path
 
 from ..data.texts import load_text
+from ..eval.policies import FULL, PLAN, STREAMING_FAMILY, Policy, all_streaming, head_scores_problem, policies
+from ..eval.policies import duo as duo_policy
+from ..eval.run import evaluate
+from ..eval.tasks import TASKS
 from ..plan import Plan
 from ..scores import Scores
-from .policies import FULL, PLAN, STREAMING_FAMILY, Policy, all_streaming, policies
-from .run import evaluate
-from .tasks import TASKS
+from .common import CLIError, Model, UsageError, can_plot, float_arg, int_arg
 
 RULER_TASKS = ("multikey", "multivalue", "vartrack", "commonwords")
 DTYPES = ("float32", "bfloat16", "float16")
+_positive, _non_negative, _ratio = int_arg(1), int_arg(0), float_arg(0, 1, "a number in [0, 1]")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,7 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description="Evaluate attention plans against full attention, all-streaming "
                                           "(StreamingLLM), random layer sets and DuoAttention-style head plans.")
     sub = p.add_subparsers(dest="eval_command", metavar="{niah,passkey,ruler,ppl,compare}")
-    p.set_defaults(func=run, eval_parser=p)
+    p.set_defaults(run=run, parser=p)
 
     niah = _task_parser(sub, "niah", "needle in a haystack: accuracy by needle depth and context length")
     passkey = _task_parser(sub, "passkey", "passkey retrieval (one 5-digit pass key) by depth and context length")
@@ -43,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ruler.add_argument("--task", choices=RULER_TASKS, default="multikey", help="which task (default multikey)")
     ruler.add_argument("--png", help="write the accuracy vs KV budget plot here")
 
-    compare = _task_parser(sub, "compare", "every policy family on several tasks; DuoAttention baseline included")
+    compare = _task_parser(sub, "compare", "every policy family on several tasks; DuoAttention baseline with --scores")
     compare.add_argument("--tasks", type=_tasks, default=["niah", *RULER_TASKS],
                          help=f"comma-separated tasks out of {','.join(TASKS)} (default niah,{','.join(RULER_TASKS)})")
     compare.add_argument("--depths", type=_positive, default=5, help="needle depths for niah/passkey (default 5)")
@@ -64,56 +67,74 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ppl.add_argument("--chunk", type=_positive, default=512, help="tokens per forward (default 512)")
     ppl.add_argument("--max-tokens", type=_positive, default=8192, help="tokens per document (default 8192)")
     ppl.add_argument("--json", help="write the results here")
-    ppl.set_defaults(eval_parser=ppl)
+    ppl.set_defaults(parser=ppl)
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Execute a parsed `eval` command; returns the exit status."""
     if getattr(args, "eval_command", None) is None:
-        args.eval_parser.print_help()
+        args.parser.print_help()
         return 2
-    parser = args.eval_parser
     try:
         plans = _plans(args.plan)
         for out in ("json", "png", "budget_png", "heatmap_png"):
             _check_out(getattr(args, out, None), "--" + out.replace("_", "-"))
+            if out != "json" and getattr(args, out, None):
+                can_plot("--" + out.replace("_", "-"))
         if args.eval_command == "ppl":
-            from .ppl import documents
+            from ..eval.ppl import documents
 
             texts = documents(args.text)
         else:
             scores = Scores.load(args.scores) if args.scores else None
             text = load_text(args.text) if args.text else None
+            duo = args.duo or (args.eval_command == "compare" and not args.no_duo)
+            problem = head_scores_problem(scores) if duo and plans else None
+            if problem and args.duo:
+                raise ValueError(f"--duo: {problem}; give --scores with per-head scores")
+            if problem:
+                print(f"note: the DuoAttention baseline is left out: {problem}; give --scores with per-head scores "
+                      "(or --no-duo)", file=sys.stderr)
+                duo = False
             if args.random and args.ratio is None and not plans:
                 raise ValueError("--random needs --ratio (the share of layers kept retrieval) or a --plan to copy "
                                  "it from")
     except (FileNotFoundError, ValueError) as e:
-        parser.error(str(e))
-    model, tokenizer = _load(args, parser)
+        raise UsageError(str(e)) from None
+    target = _model(args)  # the config only: plans and lengths are checked before the weights load
+    for name, plan in plans.items():
+        try:
+            plan.check_model(target.info)
+        except ValueError as e:
+            raise UsageError(f"argument --plan: {name}: {e}") from None
     if args.eval_command == "ppl":
-        return _ppl(args, parser, model, tokenizer, plans, texts)
+        target.check_length(args.max_tokens, "--max-tokens")
+    else:
+        _check_lengths(args.lengths, target, text)
+    model, tokenizer = _load(args, target)
+    if args.eval_command == "ppl":
+        return _ppl(args, model, tokenizer, plans, texts)
     tasks = {"niah": ["niah"], "passkey": ["passkey"], "ruler": [getattr(args, "task", None)]}.get(
         args.eval_command) or args.tasks
-    duo = args.duo or (args.eval_command == "compare" and not args.no_duo)
     try:
-        pols = policies(model, plans, n_random=args.random, ratio=args.ratio, duo_scores=scores, with_duo=duo,
-                        context_length=max(args.lengths), seed=args.seed, sink=args.sink, window=args.window)
-        if duo:
-            missing = [n for n in plans if f"duo@{n}" not in {p.name for p in pols}]
-            for n in missing:
-                print(f"note: no DuoAttention baseline for plan {n!r}: give --scores (head scores), or use a plan "
-                      "made by zz.solve (it records layer_scores)", file=sys.stderr)
+        pols = policies(model, plans, n_random=args.random, ratio=args.ratio, context_length=max(args.lengths),
+                        seed=args.seed, sink=args.sink, window=args.window)
+        for name, plan in plans.items() if duo else ():
+            try:
+                pols.append(duo_policy(plan, max(args.lengths), scores, name=f"duo@{name}"))
+            except ValueError as e:
+                print(f"note: no DuoAttention baseline for plan {name!r}, left out: {e}", file=sys.stderr)
         results = evaluate(model, tokenizer, pols, task=tasks, lengths=args.lengths, depths=args.depths
                            if hasattr(args, "depths") else 1, samples_per_cell=args.samples,
                            batch_size=args.batch_size, seed=args.seed, text=text, progress=not args.quiet)
     except (ValueError, TypeError) as e:
-        parser.error(str(e))
+        raise UsageError(str(e)) from None
     print(results.table())
     written = []
     if args.json:
         written.append(results.save(args.json))
-    from . import plots
+    from ..eval import plots
 
     heat = args.png if args.eval_command in ("niah", "passkey") else getattr(args, "heatmap_png", None)
     budget = args.png if args.eval_command in ("ruler", "compare") else getattr(args, "budget_png", None)
@@ -124,16 +145,6 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point: `python -m zigzag_attn.eval.cli [eval] COMMAND ...`."""
-    parser = argparse.ArgumentParser(prog="zigzag-attn")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("eval", "-h", "--help"):
-        argv = ["eval", *argv]
-    return run(parser.parse_args(argv))
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
@@ -149,8 +160,10 @@ def _task_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
                     help="also N random layer-exclusive plans")
     sp.add_argument("--ratio", type=_ratio, help="share of layers the random plans keep retrieval "
                                                  "(default: the first plan's)")
-    sp.add_argument("--duo", action="store_true", help="also a DuoAttention-style head plan at each plan's KV budget")
-    sp.add_argument("--scores", help="head scores (a zigzag-attn scores file) for the DuoAttention plans")
+    sp.add_argument("--duo", action="store_true", help="also a DuoAttention-style head plan at each plan's KV budget "
+                                                        "(needs --scores)")
+    sp.add_argument("--scores", help="per-head scores for the DuoAttention plans (a scores file, e.g. from "
+                                     "calibrate --method gates --granularity head --scores-out)")
     sp.add_argument("--sink", type=_non_negative, help="sink tokens of the streaming/random plans "
                                                        "(default: the first plan's, else 64)")
     sp.add_argument("--window", type=_positive, help="window of the streaming/random plans "
@@ -161,7 +174,7 @@ def _task_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="seed of the prompts and random plans (default 0)")
     sp.add_argument("--json", help="write all result rows here")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
-    sp.set_defaults(eval_parser=sp)
+    sp.set_defaults(parser=sp)
     return sp
 
 
@@ -171,21 +184,36 @@ def _model_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--dtype", choices=DTYPES, default="float32", help="weights dtype (default float32)")
 
 
-def _load(args, parser):
+def _model(args) -> Model:
+    try:
+        return Model(args.model)
+    except CLIError as e:
+        raise UsageError(f"cannot load model {args.model!r}: {e}") from None
+
+
+def _load(args, target: Model):
     import torch
 
-    from ..models import load
-
     try:
-        return load(args.model, dtype=getattr(torch, args.dtype), device=args.device)
-    except (FileNotFoundError, ModuleNotFoundError, OSError, ValueError, RuntimeError) as e:
-        parser.error(f"cannot load model {args.model!r}: {e}")
+        return target.load(getattr(torch, args.dtype), args.device)
+    except CLIError as e:
+        raise UsageError(f"cannot load model {args.model!r}: {e}") from None
 
 
-def _ppl(args, parser, model, tokenizer, plans: dict[str, Plan], texts: list[str]) -> int:
+def _check_lengths(lengths: list[int], target: Model, text: str | None) -> None:
+    """UsageError, naming the limit, for a length past the model's context or more than the haystack can fill."""
+    target.check_length(max(lengths), "--lengths")
+    hay = load_text(split="evaluation") if text is None else text
+    most = 4 * len(hay.encode("utf-8"))  # a token covers at least one byte; the text repeats at most 4 times
+    if max(lengths) > most:
+        raise UsageError(f"argument --lengths: {max(lengths)} tokens is more than the haystack text can fill (at "
+                         f"most {most} tokens: {len(hay)} characters, repeated at most four times over)")
+
+
+def _ppl(args, model, tokenizer, plans: dict[str, Plan], texts: list[str]) -> int:
     from .. import jsonfile
+    from ..eval.ppl import ppl
     from ..model_info import describe
-    from .ppl import ppl
 
     first = next(iter(plans.values()), None)
     pols = [Policy("full", FULL, None)] + [Policy(n, PLAN, p) for n, p in plans.items()]
@@ -204,7 +232,7 @@ def _ppl(args, parser, model, tokenizer, plans: dict[str, Plan], texts: list[str
             rows.append({"policy": p.name, "family": p.family, "ppl": r.ppl, "nll": r.nll, "tokens": r.tokens,
                          "documents": r.documents, "kv_fraction": kv, "max_cache_tokens": max(r.cache_tokens)})
     except ValueError as e:
-        parser.error(str(e))
+        raise UsageError(str(e)) from None
     width = max(len(r["policy"]) for r in rows)
     print(f"perplexity over {rows[0]['documents']} documents, {rows[0]['tokens']} predicted tokens "
           f"(chunks of {args.chunk}, at most {args.max_tokens} tokens each)")
@@ -250,35 +278,3 @@ def _tasks(s: str) -> list[str]:
     if not out or bad:
         raise argparse.ArgumentTypeError(f"expected comma-separated tasks out of {', '.join(TASKS)}; got {s!r}")
     return out
-
-
-def _positive(s: str) -> int:
-    return _int(s, 1)
-
-
-def _non_negative(s: str) -> int:
-    return _int(s, 0)
-
-
-def _int(s: str, lo: int) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        v = lo - 1
-    if v < lo:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {lo}; got {s!r}")
-    return v
-
-
-def _ratio(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        v = -1.0
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1]; got {s!r}")
-    return v
-
-
-if __name__ == "__main__":
-    sys.exit(main())

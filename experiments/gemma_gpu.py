@@ -1,6 +1,9 @@
 """Make the shipped Gemma-3-270M plan on a GPU and evaluate it against every single-layer choice, 2k to 32k tokens.
 
-    python3 benchmarks/gemma_gpu.py --gguf /root/zz-models/gemma-3-270m-q4_k_m.gguf --out $OUT [--quick --device cpu]
+    python3 experiments/gemma_gpu.py --gguf /root/zz-models/gemma-3-270m-q4_k_m.gguf --out $OUT [--quick --device cpu]
+
+Produced docs/results/gemma_gpu/ and the shipped plan zigzag_attn/plans/gemma3-270m@0.33.json (docs/results.md,
+"Gemma-3-270M"; run as benchmarks/gemma_gpu.py, the command they record).
 
 1. `zigzag-attn calibrate` itself (its GPU defaults: ablation scores, then measured greedy elimination), keeping
    1 of Gemma's 3 full-attention layers (5, 11, 17; the other 15 use the model's own sliding window), sink 64,
@@ -27,6 +30,8 @@ from matplotlib.figure import Figure
 
 import zigzag_attn as zz
 from zigzag_attn import cli
+from zigzag_attn.cli import calibrate as cli_calibrate
+from zigzag_attn.cli.common import Model, device_name
 from zigzag_attn.eval import Policy, Results, evaluate, plots
 from zigzag_attn.eval.policies import all_streaming, full
 from zigzag_attn.plan import RETRIEVAL, STREAMING
@@ -65,7 +70,7 @@ def main() -> None:
     def tidy(cmd: str) -> str:  # record $OUT, not this run's folder
         return cmd.replace(os.environ["OUT"], "$OUT") if os.environ.get("OUT") else cmd
 
-    command = tidy(shlex.join(["python3", "benchmarks/gemma_gpu.py", *sys.argv[1:]]))
+    command = tidy(shlex.join(["python3", "experiments/gemma_gpu.py", *sys.argv[1:]]))
 
     plan_path = out / f"{NAME.replace('@', '_')}.json"  # the device tool returns no names with '@'
 
@@ -89,7 +94,7 @@ def main() -> None:
     pols += [Policy(f"keep layer {i}", "plan", keep(i)) for i in full_layers if [i] != kept]
 
     parts, runs = [], {}
-    res = {"command": command, "device": cli._device_name(args.device), "config": cfg,
+    res = {"command": command, "device": device_name(args.device), "config": cfg,
            "policies": {p.name: p.plan and p.plan.to_json() for p in pols}, "runs": runs}
 
     def save() -> Results:
@@ -131,7 +136,7 @@ def finalize(res: dict, results: Results, label: str, plan_path: Path, tidy=lamb
     cfg = res["config"]
     provenance = {**plan.provenance, "command": res["command"], "calibrate_command": tidy(plan.provenance["command"]),
                   "model_name": "gemma3-270m", "evaluation_seconds": eval_seconds,
-                  "note": f"Made by benchmarks/gemma_gpu.py, which runs `zigzag-attn calibrate` (calibrate_command) "
+                  "note": f"Made by experiments/gemma_gpu.py, which runs `zigzag-attn calibrate` (calibrate_command) "
                           f"and evaluates on held-out text (evaluation novels; {cfg['depths']} depths x "
                           f"{cfg['per_cell']} prompts per length and task) against full attention, all-streaming "
                           "and every other single-full-layer choice.",
@@ -144,12 +149,12 @@ def finalize(res: dict, results: Results, label: str, plan_path: Path, tidy=lamb
 
 def calibrate(argv: list[str]):
     """`zigzag-attn calibrate ARGV` through the CLI's own code path; returns the (model, tokenizer) it loaded."""
-    loaded, load = [], cli._load
-    cli._load = lambda *a: loaded.append(load(*a)) or loaded[-1]
+    loaded, load = [], Model.load
+    Model.load = lambda self, *a: loaded.append(load(self, *a)) or loaded[-1]
     try:
-        cli.calibrate(cli.build_parser().parse_args(argv), argv)
+        cli_calibrate.run(cli.build_parser().parse_args(argv), argv)
     finally:
-        cli._load = load
+        Model.load = load
     return loaded[0]
 
 
