@@ -13,6 +13,9 @@ NATIVE_LOCAL = ("sliding_attention", "chunked_attention")
 def describe(model) -> ModelInfo:
     """Layers, KV heads, head_dim and the model's own sliding-window layers."""
     config = model.config.get_text_config(decoder=True)
+    if getattr(config, "num_attention_heads", None) is None:
+        raise ValueError(f"{type(model).__name__} ({config.model_type}) has no attention heads (it is not a "
+                         "transformer decoder), so zigzag-attn has no attention layers to work on")
     layers = config.num_hidden_layers
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads

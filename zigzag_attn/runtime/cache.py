@@ -271,4 +271,7 @@ class ZigzagCache(StepRouting, DynamicCache):
             self.stream_pos = self.stream_pos[indices]
 
     def crop(self, max_length: int) -> None:
-        raise NotImplementedError("a zigzag cache cannot be rolled back: streaming layers have dropped old tokens")
+        why = ("streaming layers have dropped old tokens" if self.plan.streaming_layers or self.plan.mixed_layers
+               else "this plan streams no layer, so the model runs as it would unpatched: zz.unpatch(model) first")
+        raise NotImplementedError(f"a zigzag cache cannot be rolled back, so assisted/speculative decoding is not "
+                                  f"supported on a patched model; {why}")

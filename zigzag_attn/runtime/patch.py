@@ -23,6 +23,7 @@ from .attention import DECODE_BACKENDS, RETRIEVAL_BACKENDS, STREAMING_BACKENDS
 from .cache import ZigzagCache
 from .hooks import PlanHook, add_hooks, cache_arg, hooks_of, remove_hooks
 from .static_cache import ZigzagStaticCache
+from .support import check_streaming_support
 
 __all__ = ["cache_arg", "cache_of", "make_cache", "patch", "patched", "plan_of", "unpatch"]
 MIN_TRANSFORMERS, MAX_TRANSFORMERS = Version("5.17"), Version("6")
@@ -56,8 +57,9 @@ def patch(model, plan: Plan, *, streaming_backend: str = "auto", retrieval_backe
     if retrieval_backend == "flash" and not _flash_ok():
         raise ImportError("retrieval_backend='flash' needs the flash-attn package: pip install 'zigzag-attn[flash]'")
     plan.check_model(describe(model))
-    unpatch(model)
     decoder = _decoder(model)
+    check_streaming_support(model, decoder, plan)
+    unpatch(model)
     original = model.config._attn_implementation
     hook = PlanHook(plan, decoder, original, _attention_function(original, decoder),
                     (streaming_backend, retrieval_backend, decode_backend))
