@@ -44,7 +44,8 @@ def unregister(name: str) -> None:
 def attention_name(plan: Plan, original: str, function, backends: tuple[str, str, str]) -> str:
     """`zigzag-<hash>` of what the registered attention runs: the plan's layout, the original attention, backends."""
     key = json.dumps([plan.modes, plan.heads, plan.sink, plan.window, original,
-                      f"{function.__module__}.{function.__qualname__}", backends])
+                      getattr(function, "__module__", None), getattr(function, "__qualname__", repr(function)),
+                      backends])
     return "zigzag-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -77,7 +77,8 @@ def unpatch(model):
 
     Works on a copy of a patched model (`copy.deepcopy`, pickle) as on the original.
     """
-    hook = remove_hooks(_decoder(model))
+    decoder = _decoder_or_none(model)
+    hook = remove_hooks(decoder) if decoder is not None else None
     if hook is not None:
         model.set_attn_implementation(hook.original)
     return model
@@ -95,7 +96,8 @@ def patched(model, plan: Plan, **kwargs):
 
 def plan_of(model) -> Plan | None:
     """The plan a model is patched with, or None."""
-    found = hooks_of(_decoder(model))
+    decoder = _decoder_or_none(model)
+    found = hooks_of(decoder) if decoder is not None else None
     return found[1].plan if found else None
 
 
@@ -131,6 +133,14 @@ def _decoder(model):
     if not hasattr(decoder, "layers"):
         raise TypeError(f"cannot find the decoder layers of {type(model).__name__}")
     return decoder
+
+
+def _decoder_or_none(model):
+    """The decoder, or None for a model zigzag-attn could never have patched."""
+    try:
+        return _decoder(model)
+    except TypeError:
+        return None
 
 
 def _attention_function(name: str, decoder):
