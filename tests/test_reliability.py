@@ -149,6 +149,7 @@ def plan_file(tmp_path, **fields) -> Path:
     ({"heads": "none"}, "heads must be list"),
     ({"provenance": "calibrated"}, "provenance .* must be dict; got str"),
     ({"window": 10**30}, "sink and window must be at most"),
+    ({"head": [[True, False]] * 2}, r"unknown fields \['head'\]"),
     ({"model": {"model_type": "llama", "num_layers": "2", "num_kv_heads": 2, "head_dim": 8}},
      "model.num_layers must be int; got str"),
     ({"model": {"model_type": "llama", "num_layers": 2, "num_kv_heads": 2, "head_dim": 8,

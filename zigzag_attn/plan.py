@@ -17,6 +17,7 @@ FORMAT = "zigzag-attn/plan"
 VERSION = 1
 RETRIEVAL, STREAMING, MIXED = "retrieval", "streaming", "mixed"
 SHIPPED_DIR = Path(__file__).parent / "plans"
+PLAN_FIELDS = {"format", "version", "sink", "window", "modes", "heads", "model", "provenance"}
 PROVENANCE = "provenance (a JSON object of notes on how the plan was made)"
 MAX_TOKENS = 2**31 - 1  # bound on sink and window: far past any context, small enough for position arithmetic
 
@@ -224,6 +225,9 @@ class Plan:
     @classmethod
     def from_json(cls, d: Any, *, source: str = "<dict>") -> Plan:
         jsonfile.check_header(d, source, "plan", FORMAT, VERSION)
+        unknown = sorted(set(d) - PLAN_FIELDS)
+        if unknown:
+            raise ValueError(f"{source} is a damaged plan: unknown fields {unknown} (a plan has {sorted(PLAN_FIELDS)})")
         try:
             model = ModelInfo.from_json(d["model"]) if d.get("model") is not None else None
             heads = d.get("heads")
