@@ -101,6 +101,18 @@ def test_deepcopy_of_patched_model(mixed):
     assert torch.equal(model(x).logits, plain)
 
 
+@torch.no_grad()
+def test_attention_implementation_changed_after_patch(mixed):
+    model, plan, x, _ = mixed
+    plain = model(x).logits
+    zz.patch(model, plan)
+    model.set_attn_implementation("sdpa")
+    with pytest.raises(RuntimeError, match="was set to 'sdpa' after zigzag_attn.patch"):
+        model(x)
+    zz.unpatch(model)
+    assert torch.equal(model(x).logits, plain)
+
+
 # -- 4: a cache remembers its plan and refuses a model that no longer runs it ---------------------------------
 @torch.no_grad()
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])

@@ -85,6 +85,10 @@ class PlanHook:
         self.register()
 
     def __call__(self, module, args, kwargs):
+        if self.config._attn_implementation != self.name:
+            raise RuntimeError(f"the model's attention implementation was set to {self.config._attn_implementation!r} "
+                               "after zigzag_attn.patch, so it no longer runs its plan: call "
+                               "zigzag_attn.unpatch(model) first (then patch again to use a plan)")
         kwargs = {**dict(zip(self.positional, args, strict=False)), **kwargs}
         cache = kwargs.pop("cache", None)
         legacy = kwargs.pop("past_key_values", None)
