@@ -57,7 +57,6 @@ CHILD = """
 import pickle, sys, torch
 sys.path.insert(0, {tests!r})
 import zigzag_attn as zz
-from zigzag_attn.runtime.patch import cache_arg
 from conftest import plans_for, tiny_model
 from test_matrix import ids
 model = tiny_model("llama")
