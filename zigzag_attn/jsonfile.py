@@ -15,6 +15,9 @@ def read(path: Path, what: str) -> Any:
         return json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); a {what} file is written by its save()") from None
+    except RecursionError:
+        raise ValueError(f"{path} nests JSON too deeply to be a {what} file; a {what} file is written by its "
+                         "save()") from None
 
 
 def check_header(d: Any, source: str, what: str, fmt: str, version: int) -> None:

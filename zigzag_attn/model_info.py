@@ -12,12 +12,15 @@ NATIVE_LOCAL = ("sliding_attention", "chunked_attention")
 
 def describe(model) -> ModelInfo:
     """Layers, KV heads, head_dim and the model's own sliding-window layers."""
-    return config_info(model.config)
+    return config_info(model.config, type(model).__name__)
 
 
-def config_info(model_config) -> ModelInfo:
+def config_info(model_config, owner: str | None = None) -> ModelInfo:
     """`describe` from a model's config alone (e.g. `AutoConfig.from_pretrained`), before any weights load."""
     config = model_config.get_text_config(decoder=True)
+    if getattr(config, "num_attention_heads", None) is None:
+        raise ValueError(f"{owner or 'the model'} ({config.model_type}) has no attention heads (it is not a "
+                         "transformer decoder), so zigzag-attn has no attention layers to work on")
     layers = config.num_hidden_layers
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads

@@ -17,6 +17,18 @@ FORMAT = "zigzag-attn/plan"
 VERSION = 1
 RETRIEVAL, STREAMING, MIXED = "retrieval", "streaming", "mixed"
 SHIPPED_DIR = Path(__file__).parent / "plans"
+PLAN_FIELDS = {"format", "version", "sink", "window", "modes", "heads", "model", "provenance"}
+PROVENANCE = "provenance (a JSON object of notes on how the plan was made)"
+MAX_TOKENS = 2**31 - 1  # bound on sink and window: far past any context, small enough for position arithmetic
+
+
+def need(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """`value` if it is of `kind` (a bool is not an int here); else a TypeError naming `what`."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise TypeError(f"{what} must be {names}; got {type(value).__name__} {value!r:.60}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -36,10 +48,23 @@ class ModelInfo:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ModelInfo:
-        d = dict(d)
-        d["native_sliding"] = {int(k): int(v) for k, v in (d.get("native_sliding") or {}).items()}
-        return cls(**d)
+    def from_json(cls, d: Any) -> ModelInfo:
+        """Strict: every field of the right JSON type (TypeError or ValueError naming it otherwise)."""
+        need(d, dict, "model")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"model has unknown fields {unknown}")
+        for key in ("num_layers", "num_kv_heads", "head_dim"):
+            if need(d[key], int, f"model.{key}") < 1:
+                raise ValueError(f"model.{key} must be >= 1; got {d[key]}")
+        for key in ("model_type", "name"):
+            need(d.get(key), (str, type(None)), f"model.{key}")
+        native = {}
+        for k, v in need(d.get("native_sliding") or {}, dict, "model.native_sliding").items():
+            if not k.isdigit():
+                raise ValueError(f"model.native_sliding keys are layer numbers; got {k!r}")
+            native[int(k)] = need(v, int, f"model.native_sliding[{k}]")
+        return cls(**{**d, "native_sliding": native})
 
 
 def check_sink_window(sink: Any, window: Any) -> None:
@@ -48,6 +73,8 @@ def check_sink_window(sink: Any, window: Any) -> None:
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an integer >= 1 (recent tokens each query sees, itself included); "
                          f"got {window!r}")
+    if max(sink, window) > MAX_TOKENS:
+        raise ValueError(f"sink and window must be at most {MAX_TOKENS} tokens; got sink={sink}, window={window}")
 
 
 @dataclass(frozen=True)
@@ -73,16 +100,29 @@ class Plan:
             if m not in (RETRIEVAL, STREAMING, MIXED):
                 raise ValueError(f"layer {i}: unknown mode {m!r}; expected 'retrieval' or 'streaming'")
         if self.heads is not None:
-            if len(self.heads) != len(self.modes):
-                raise ValueError(f"head mask has {len(self.heads)} layers but the plan has {len(self.modes)}")
-            widths = {len(h) for h in self.heads}
-            if len(widths) != 1 or 0 in widths:
-                raise ValueError(f"every layer of the head mask needs the same number (>0) of KV heads; "
-                                 f"got {sorted(widths)}")
+            self._check_heads()
         elif MIXED in self.modes:
             raise ValueError("a 'mixed' layer needs a head mask: build it with Plan.from_heads")
+        need(self.provenance, dict, PROVENANCE)
+        need(self.model, (ModelInfo, type(None)), "model")
         if self.model is not None:
             self._check_counts(self.model.num_layers, self.model.num_kv_heads, "the model the plan records")
+
+    def _check_heads(self) -> None:
+        """The head mask is rectangular, strictly boolean, and says what `modes` says about each layer."""
+        if len(self.heads) != len(self.modes):
+            raise ValueError(f"head mask has {len(self.heads)} layers but the plan has {len(self.modes)}")
+        widths = {len(h) for h in self.heads}
+        if len(widths) != 1 or 0 in widths:
+            raise ValueError(f"every layer of the head mask needs the same number (>0) of KV heads; "
+                             f"got {sorted(widths)}")
+        for i, (mode, row) in enumerate(zip(self.modes, self.heads, strict=True)):
+            for h, keep in enumerate(row):
+                need(keep, bool, f"heads[{i}][{h}] (true for a retrieval KV head)")
+            implied = RETRIEVAL if all(row) else STREAMING if not any(row) else MIXED
+            if mode != implied:
+                raise ValueError(f"layer {i}: mode {mode!r} disagrees with its head mask {list(row)}, which makes "
+                                 f"it {implied!r} (all heads true: retrieval, none: streaming, some: mixed)")
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -94,15 +134,16 @@ class Plan:
         if bad:
             i, m = bad[0]
             raise ValueError(f"layer {i}: unknown mode {m!r}; expected 'retrieval' or 'streaming'")
-        return cls(modes, sink, window, None, model, dict(provenance or {}))
+        return cls(modes, sink, window, None, model, _notes(provenance))
 
     @classmethod
     def from_heads(cls, mask: Sequence[Sequence[bool]], *, sink: int, window: int, model: ModelInfo | None = None,
                    provenance: dict[str, Any] | None = None) -> Plan:
         """DuoAttention-style plan: `mask[layer][kv_head]` is True for a retrieval head."""
-        heads = tuple(tuple(bool(x) for x in row) for row in _as_nested_list(mask))
+        rows = _as_nested_list(mask)
+        heads = tuple(tuple(_as_bool(x, i, h) for h, x in enumerate(row)) for i, row in enumerate(rows))
         modes = tuple(RETRIEVAL if all(r) else STREAMING if not any(r) else MIXED for r in heads)
-        return cls(modes, sink, window, heads, model, dict(provenance or {}))
+        return cls(modes, sink, window, heads, model, _notes(provenance))
 
     # -- queries ----------------------------------------------------------------------------
     @property
@@ -184,15 +225,21 @@ class Plan:
     @classmethod
     def from_json(cls, d: Any, *, source: str = "<dict>") -> Plan:
         jsonfile.check_header(d, source, "plan", FORMAT, VERSION)
+        unknown = sorted(set(d) - PLAN_FIELDS)
+        if unknown:
+            raise ValueError(f"{source} is a damaged plan: unknown fields {unknown} (a plan has {sorted(PLAN_FIELDS)})")
         try:
-            model = ModelInfo.from_json(d["model"]) if d.get("model") else None
-            return cls(tuple(d["modes"]), d["sink"], d["window"],
-                       tuple(tuple(bool(x) for x in r) for r in d["heads"]) if d.get("heads") else None,
-                       model, dict(d.get("provenance") or {}))
-        except (KeyError, TypeError) as e:
+            model = ModelInfo.from_json(d["model"]) if d.get("model") is not None else None
+            heads = d.get("heads")
+            if heads is not None:
+                heads = tuple(tuple(need(r, list, "each row of heads")) for r in need(heads, list, "heads"))
+            notes = d.get("provenance")
+            return cls(tuple(need(d["modes"], list, "modes")), d["sink"], d["window"], heads, model,
+                       {} if notes is None else notes)
+        except KeyError as e:
             raise ValueError(f"{source} is a damaged plan: missing or malformed field {e}") from None
-        except ValueError as e:
-            raise ValueError(f"{source}: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source} is a damaged plan: {e}") from None
 
     def save(self, path: str | Path) -> Path:
         return jsonfile.write(path, self.to_json())
@@ -220,6 +267,18 @@ class Plan:
         return (f"Plan({self.num_layers} layers: {len(retrieval)} retrieval, {len(self.streaming_layers)} streaming, "
                 f"{len(self.mixed_layers)} mixed{own}; sink={self.sink}, window={self.window}) "
                 f"[{''.join('w' if i in native else kinds[m] for i, m in enumerate(self.modes))}]")
+
+
+def _notes(provenance: Any) -> dict[str, Any]:
+    return dict(need({} if provenance is None else provenance, dict, PROVENANCE))
+
+
+def _as_bool(x: Any, layer: int, head: int) -> bool:
+    """A head-mask entry: a bool, or 0 / 1 (numpy and torch masks give these); never a string."""
+    x = x.item() if hasattr(x, "item") else x  # numpy / torch scalars
+    if isinstance(x, bool) or (isinstance(x, int) and x in (0, 1)):
+        return bool(x)
+    raise TypeError(f"head mask [{layer}][{head}] must be True/False (or 1/0); got {type(x).__name__} {x!r:.60}")
 
 
 def _as_nested_list(mask: Any) -> list[list[Any]]:

@@ -23,7 +23,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from ..data.passkey import IGNORE, Sample
 from ..model_info import describe
 from ..runtime import kernels, plan_of
-from ..runtime.patch import _attention_function, _decoder, _unregister
+from ..runtime.hooks import unregister
+from ..runtime.patch import _attention_function, _decoder
 from ..runtime.step import logical_positions
 from .measure import batch
 
@@ -151,7 +152,7 @@ def _attention(model, fn: _Gated):
         yield
     finally:
         model.set_attn_implementation(original)
-        _unregister(name)
+        unregister(name)
 
 
 @contextlib.contextmanager

@@ -175,12 +175,22 @@ class MixedLayer(TwoPartLayer, DynamicLayer):
 
 
 class StepRouting:
-    """Cache mixin: layers of the classes in `step_layers` get this forward's `Step` with their update."""
+    """Cache mixin: layers of the classes in `step_layers` get this forward's `Step` with their update.
+
+    A step lives for one forward of a model patched with the cache's plan (the model's hooks begin and end
+    it), so an update without one comes from a model that no longer runs that plan: refused, cache untouched.
+    """
 
     step_layers: tuple[type, ...] = ()
     step: Step | None
+    plan: Plan
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        if self.step is None:
+            raise RuntimeError(f"this {type(self).__name__} was made for a model patched with {self.plan.describe()}, "
+                               "but the model using it is not patched (was it unpatched, or the `with "
+                               "zz.patched(...)` block left?). Patch it again with the same plan to go on, "
+                               "or start without this cache")
         layer = self.layers[layer_idx]
         if isinstance(layer, self.step_layers):
             return layer.update(key_states, value_states, self.step)
@@ -261,4 +271,7 @@ class ZigzagCache(StepRouting, DynamicCache):
             self.stream_pos = self.stream_pos[indices]
 
     def crop(self, max_length: int) -> None:
-        raise NotImplementedError("a zigzag cache cannot be rolled back: streaming layers have dropped old tokens")
+        why = ("streaming layers have dropped old tokens" if self.plan.streaming_layers or self.plan.mixed_layers
+               else "this plan streams no layer, so the model runs as it would unpatched: zz.unpatch(model) first")
+        raise NotImplementedError(f"a zigzag cache cannot be rolled back, so assisted/speculative decoding is not "
+                                  f"supported on a patched model; {why}")
