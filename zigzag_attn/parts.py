@@ -79,7 +79,8 @@ class PartModel:
         versions = self._versions()
         wrong = [i for i, (f, v) in enumerate(zip(folders, versions, strict=True)) if f is None or v != self.version]
         if wrong:
-            others = ", ".join(f"{self.requirements[i]} {versions[i]}" for i in wrong if versions[i])
+            others = ", ".join(f"{self.requirements[i]} {versions[i]}" for i in wrong
+                               if versions[i] not in (None, self.version))
             raise ModuleNotFoundError(
                 f"model alias {self.name!r} needs {len(wrong)} more of its {self.count} part packages "
                 f"({', '.join(self.modules[i] for i in wrong)}{'; installed: ' + others if others else ''}); "
