@@ -86,7 +86,7 @@ def test_missing_parts_give_one_pip_command(site):
     with pytest.raises(ModuleNotFoundError) as e:
         fake().path()
     message = str(e.value)
-    assert "3 more of its 11 part packages (fakepkg_part3, fakepkg_part5, fakepkg_part10" in message
+    assert "is missing 3 of its 11 part packages (fakepkg_part3, fakepkg_part5, fakepkg_part10" in message
     assert "installed: fakepkg-part5 0.9)" in message
     assert message.endswith(": pip install --no-deps fakepkg-part3==1.0 fakepkg-part5==1.0 fakepkg-part10==1.0")
     assert files_in(fake().target.parent) == []

