@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from ..defaults import CALIBRATION
+from ..models import ALIASES
 from .common import PROG, CLIError, Model, UsageError, device_name, float_arg, int_arg, say, versions, writable
 from .common import device as pick_device
 from .common import dtype as pick_dtype
@@ -18,7 +19,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     cpu, cuda = CALIBRATION["cpu"], CALIBRATION["cuda"]
     cal = sub.add_parser("calibrate", help="profile a model and save a plan (profile -> solve [-> refine])",
                          description="Profile MODEL on passkey prompts, choose its retrieval layers and save the plan.")
-    cal.add_argument("model", metavar="MODEL", help="alias (smollm2-135m, gemma3-270m), a model directory or a .gguf")
+    cal.add_argument("model", metavar="MODEL", help=f"alias ({', '.join(ALIASES)}), a model directory or a .gguf")
     cal.add_argument("--out", required=True, metavar="PLAN.json", help="where to write the plan")
     cal.add_argument("--method", choices=("auto", "gates", "attention", "robust"), default="auto",
                      help="gates (trained, DuoAttention-style), attention (ablation, training-free) or robust "
