@@ -63,7 +63,7 @@ def load_model(args):
     kw = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
     folder = path.parent if kw else path
     tok = AutoTokenizer.from_pretrained(folder, **kw)
-    dtype = torch.float32 if args.smoke else torch.bfloat16
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw).to(args.device).eval()
     model.config.name_or_path = args.name
     return model, tok
@@ -115,7 +115,8 @@ def policies(cfg, model, state: Path) -> dict[str, zz.Plan | None]:
         # equal KV: the same number of retrieval heads, so the budget is equal at every length
         out[f"duo@{r}"] = zz.solve_heads(heads, kv_budget=plan.kv_fraction(max(cfg["lengths"])),
                                          context_length=max(cfg["lengths"]), sink=plan.sink, window=plan.window)
-        out[f"ablation@{r}"] = zz.Plan.load(state / f"ablation_{r}.json")
+        if (state / f"ablation_{r}.json").exists():
+            out[f"ablation@{r}"] = zz.Plan.load(state / f"ablation_{r}.json")
         for i, p in enumerate(random_sets(info, cfg["randoms"], r, seed=17, sink=cfg["sink"],
                                               window=cfg["window"]), 1):
             out[f"random-{i}@{r}"] = p.plan
@@ -151,8 +152,12 @@ def evaluate(args, cfg, model, tok, state: Path, out: Path) -> None:
     lengths = list(cfg["lengths"])
     for names, tasks in PRIORITY:
         for name in names:
+            if name not in plans or (args.policies and name not in args.policies.split(",")):
+                continue
             plan = plans[name]
             for task in tasks:
+                if args.tasks and task not in args.tasks.split(","):
+                    continue
                 todo = [n for n in lengths if (name, task, n) not in done]
                 if not todo:
                     continue
@@ -203,6 +208,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--deadline", type=float, default=float("inf"), help="eval: start no chunk that would end later "
                     "than this (seconds since the epoch)")
+    ap.add_argument("--policies", help="eval: only these policies, comma-separated")
+    ap.add_argument("--tasks", help="eval: only these tasks, comma-separated")
     ap.add_argument("--lengths", help="eval lengths, comma-separated (default: 4k, 8k, 16k, 32k)")
     ap.add_argument("--calib-length", type=int, help="calibration prompt length (default 8192)")
     ap.add_argument("--candidates", type=int, help="robust profile: layers tried per greedy round (default 6)")

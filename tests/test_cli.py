@@ -205,6 +205,25 @@ def test_calibrate_head_gates_give_per_head_scores(capsys, tiny_dir, tmp_path):
     assert scores.meta["granularity"] == "head" and head_scores_problem(scores) is None
 
 
+def test_calibrate_robust(capsys, tiny_dir, tmp_path):
+    """--method robust builds its own multi-task data and needs no refine; --refine with it is refused."""
+    out_path, scores_path = tmp_path / "plan.json", tmp_path / "scores.json"
+    code, _, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(out_path), "--method", "robust",
+                       "--retrieval-layers", "2", "--length", "1024", "--samples", "1", "--sink", "4", "--window", "32",
+                       "--scores-out", str(scores_path))
+    assert code == 0, err
+    plan, scores = zz.Plan.load(out_path), zz.Scores.load(scores_path)
+    assert plan.provenance["method"] == "robust" and len(plan.retrieval_layers) == 2
+    assert set(scores.meta["groups"]) == {"passkeys", "ledger", "boxes"} and "validation" in scores.meta
+    top2 = sorted(range(4), key=lambda i: (-float(scores.layers[i]), i))[:2]
+    assert sorted(top2) == plan.retrieval_layers
+    code, _, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(out_path), "--method", "robust", "--refine")
+    assert code == 2 and "--refine" in err
+    code, _, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(out_path), "--method", "robust",
+                       "--length", "300")
+    assert code == 2 and "512" in err
+
+
 def test_calibrate_refine_kv_budget_user_text(capsys, tiny_dir, tmp_path):
     text = tmp_path / "texts"
     text.mkdir()

@@ -151,6 +151,9 @@ def _options(args) -> dict[str, Any]:
         if value is not None and opts["method"] != "gates":
             raise UsageError(f"argument {flag}: only used with --method gates (the method is {opts['method']})")
     if opts["method"] == "robust":  # greedy already: no refine on top
+        if opts["length"] < 512:
+            raise UsageError(f"argument --length: --method robust needs at least 512 tokens (its prompts are built "
+                             f"at half and at the whole length, with 4 answers each); got {opts['length']}")
         if args.refine:
             raise UsageError("argument --refine: not used with --method robust (it is a measured greedy search)")
         opts["refine"] = False
