@@ -17,7 +17,8 @@ case $1 in
   q05)
     python experiments/gpu_accuracy.py calibrate "${q05[@]}" 2>&1 | grep -v Warning | tee -a $OUT/q05/log.txt
     python experiments/gpu_accuracy.py eval "${q05[@]}" --deadline $end 2>&1 | grep -v Warning | tee -a $OUT/q05/log.txt ;;
-  more05)
+  more05)  # on a fresh machine, the state comes from the recorded results
+    [ -f $S/q05/head_scores.json ] || { mkdir -p $S/q05 && cp docs/results/qwen/*.json docs/results/qwen/matrix.jsonl $S/q05/; }
     cp $S/q05/*.json $OUT/q05/ 2>/dev/null; rm -f $OUT/q05/ablation_*.json
     python experiments/gpu_accuracy.py eval "${q05[@]}" --deadline $end 2>&1 | grep -v Warning | tee -a $OUT/q05/log.txt ;;
   q15)
