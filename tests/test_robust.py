@@ -124,3 +124,16 @@ def test_robust_profile_end_to_end_finds_the_layer_that_matters():
         profile(model, data=data, method="robust", steps=3)
     with pytest.raises(ValueError, match="keep"):
         profile(model, data=data, method="robust", keep=2.0, progress=False)
+
+
+def test_shipped_genres_load_by_name(tmp_path, monkeypatch):
+    from zigzag_attn.data.texts import documents
+
+    assert load_text(["technical"]) == load_text(split="technical")
+    (tmp_path / "mine.txt").write_text("word " * 300)
+    both = documents(["legal", tmp_path / "mine.txt"])
+    assert both[0] == load_text(split="legal") and both[1].startswith("word")
+    (tmp_path / "legal").mkdir()  # a real path of that name wins
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no .txt"):
+        documents(["legal"])

@@ -168,8 +168,9 @@ def _task_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
                                                        "(default: the first plan's, else 64)")
     sp.add_argument("--window", type=_positive, help="window of the streaming/random plans "
                                                      "(default: the first plan's, else 256)")
-    sp.add_argument("--text", nargs="+", metavar="FILE", help="haystack text files or directories (default: the "
-                                                              "held-out evaluation novels)")
+    sp.add_argument("--text", nargs="+", metavar="FILE", help="haystack text files, directories, or a shipped genre "
+                    "never used in calibration: technical (GNU manuals), legal (licence texts) or evaluation (the "
+                    "held-out novels, the default)")
     sp.add_argument("--batch-size", type=_positive, default=1, help="prompts per forward (default 1)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the prompts and random plans (default 0)")
     sp.add_argument("--json", help="write all result rows here")

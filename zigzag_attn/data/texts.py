@@ -34,7 +34,8 @@ def shipped_text(split: str) -> str:
 def documents(source: str | Path | Iterable[str | Path] | None = None, *, split: str = "calibration") -> list[str]:
     """One text per shipped file of `split` when `source` is None, else one per file.
 
-    `source` may be a file, a directory (its `*.txt` files, sorted) or a list of those.
+    `source` may be a file, a directory (its `*.txt` files, sorted), the name of a shipped split (e.g. "technical")
+    or a list of those.
     """
     if source is None:
         if split not in SPLITS:
@@ -42,9 +43,12 @@ def documents(source: str | Path | Iterable[str | Path] | None = None, *, split:
         return [gzip.decompress((TEXTS / f"{name}.txt.gz").read_bytes()).decode("utf-8") for name in SPLITS[split]]
     items = [source] if isinstance(source, (str, Path)) else list(source)
     files: list[Path] = []
+    shipped: list[str] = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
+        if isinstance(item, str) and item in SPLITS and not p.exists():  # a shipped genre by name
+            shipped += documents(split=item)
+        elif p.is_dir():
             found = sorted(p.glob("*.txt"))
             if not found:
                 raise FileNotFoundError(f"{p} holds no .txt files")
@@ -53,7 +57,7 @@ def documents(source: str | Path | Iterable[str | Path] | None = None, *, split:
             files.append(p)
         else:
             raise FileNotFoundError(f"no text file or directory at {p}")
-    return [f.read_text(encoding="utf-8", errors="replace") for f in files]
+    return shipped + [f.read_text(encoding="utf-8", errors="replace") for f in files]
 
 
 def load_text(source: str | Path | Iterable[str | Path] | None = None, *, split: str = "calibration") -> str:
