@@ -19,10 +19,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 import zigzag_attn as zz
 from zigzag_attn import cli
 from zigzag_attn.data.passkey import IGNORE, Sample
+from zigzag_attn.data.prompts import labelled
 from zigzag_attn.data.texts import load_text
 from zigzag_attn.eval import TASKS, Policy, Results, evaluate, full, make, plots, policies, ppl, random_sets
 from zigzag_attn.eval import duo as duo_policy
-from zigzag_attn.eval.tasks import _labelled
 from zigzag_attn.profile.measure import measure
 
 
@@ -91,7 +91,7 @@ class WordTokenizer:
 
 
 def test_merged_items_are_one_answer():
-    s = _labelled(WordTokenizer(), "Question: which? Answer:", ["123", "456"], ())
+    s = labelled(WordTokenizer(), "Question: which? Answer:", ["123", "456"], ())
     assert s.answers == ("123, 456",) and len(runs(s.labels)) == 1 and (s.labels != IGNORE).sum() == 2
 
 
