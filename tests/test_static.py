@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import plans_for, tiny_model
+from conftest import SINK, WINDOW, plans_for, tiny_model
 from reference import reference_logits
 from test_matrix import DECODE_BACKENDS, ids, left_padded, max_err
 
@@ -105,17 +105,21 @@ def test_compiled_decode_one_graph(case, dynamic, decode):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kind", ["exclusive", "mixed"])
+@pytest.mark.parametrize("kind", ["exclusive", "mixed", "streaming"])
 @pytest.mark.parametrize("window", [100_000, 10**12])
 def test_ring_no_longer_than_the_cache(kind, window):
     """A window longer than max_cache_len: rings of max_cache_len + 1 slots (not sink + window + 1, which would
-    take gigabytes or fail to allocate), so no more bytes than a plain static cache of max_cache_len + 1; exact."""
+    take gigabytes or fail to allocate), so no more bytes than a plain static cache of max_cache_len + 1; exact;
+    a clear error past max_cache_len."""
     model = tiny_model("llama")
-    plan = dataclasses.replace(plans_for(model)[kind], window=window)
+    plans = {**plans_for(model), "streaming": zz.Plan.from_layers(["streaming"] * 4, sink=SINK, window=WINDOW)}
+    plan = dataclasses.replace(plans[kind], window=window)  # "streaming": no static layer bounds the length
     x = ids(20, seed=11)
     ref = reference_logits(model, plan, x)
     with zz.patched(model, plan):
         out, cache = run_static(model, x, [13, 1, 6], max_cache_len=24)
+        with pytest.raises(ValueError, match="holds 24 tokens per row"):  # not a token silently dropped
+            model(ids(5), cache=cache)
     assert max_err(out, ref) <= TOL
     assert_rings(cache, plan, [20])
     c = model.config

@@ -172,6 +172,10 @@ class ZigzagStaticCache(StepRouting, StaticCache):
         valid = valid.to(device=device, dtype=torch.bool)
         query_pos = torch.where(valid, self.next_pos[:, None] + valid.long().cumsum(1) - 1, -1)
         last = self.next_pos + valid.sum(1) - 1
+        if scratch < sink + window and not is_torchdynamo_compiling() and bool((last >= scratch).any()):
+            # a ring cut to max_cache_len has no slot for more (a check only for such short rings, only eager)
+            raise ValueError(f"this static cache holds {scratch} tokens per row (max_cache_len) and the input "
+                             f"would take a row to {int(last.max()) + 1}; make one with a larger max_cache_len")
         survive = valid & ((query_pos < sink) | (query_pos > last[:, None] - window))
         slot = torch.where(query_pos < sink, query_pos, sink + (query_pos - sink) % window)
         slot = torch.where(survive, slot, scratch)
