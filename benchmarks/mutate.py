@@ -100,15 +100,17 @@ def copy_repo(dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
-def run_tests(repo: Path, args: tuple[str, ...], timeout: int) -> tuple[str, float]:
+def run_tests(repo: Path, args: tuple[str, ...], timeout: int) -> tuple[str, str, float]:
+    """(passed / failed / ..., the first failing test, seconds)."""
     env = {**os.environ, "PYTHONPATH": str(repo), "ZIGZAG_SKIP_NOTEBOOK": "1"}
     start = time.time()
     try:
-        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args], cwd=repo,
-                            env=env, capture_output=True, timeout=timeout).returncode
+        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-rfE", "-p", "no:cacheprovider", *args],
+                           cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return "timeout", time.time() - start
-    return {0: "passed", 1: "failed"}.get(rc, f"error (rc {rc})"), time.time() - start
+        return "timeout", "", time.time() - start
+    first = next((line.split()[1] for line in p.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))), "")
+    return {0: "passed", 1: "failed"}.get(p.returncode, f"error (rc {p.returncode})"), first, time.time() - start
 
 
 def main() -> None:
@@ -135,18 +137,18 @@ def main() -> None:
             clean = clean_runs[args]
             path.write_text(original.replace(m.old, m.new))
             try:
-                result, seconds = run_tests(repo, args, a.timeout)
+                result, first, seconds = run_tests(repo, args, a.timeout)
             finally:
                 path.write_text(original)
             verdict = "SURVIVED" if result == "passed" else "killed" if result == "failed" else result
             if clean != "passed":
                 verdict = f"unmutated tests {clean}"
-            rows.append((m, " ".join(args) or "whole suite", verdict, seconds))
-            print(f"{m.name}: {verdict} ({seconds:.0f} s)", flush=True)
-    print("\n| mutant | change | tests run | result | s |\n| --- | --- | --- | --- | --- |")
-    for m, tests, verdict, seconds in rows:
-        print(f"| {m.name} | {m.what} (`{m.path}`) | `{tests}` | {verdict} | {seconds:.0f} |")
-    survived = [m.name for m, _, v, _ in rows if v != "killed"]
+            rows.append((m, " ".join(args) or "whole suite", verdict, first, seconds))
+            print(f"{m.name}: {verdict} {first} ({seconds:.0f} s)", flush=True)
+    print("\n| mutant | change | tests run | result | first failure | s |\n| --- | --- | --- | --- | --- | --- |")
+    for m, tests, verdict, first, seconds in rows:
+        print(f"| {m.name} | {m.what} (`{m.path}`) | `{tests}` | {verdict} | {first} | {seconds:.0f} |")
+    survived = [m.name for m, _, v, _, _ in rows if v != "killed"]
     print(f"\n{len(rows) - len(survived)} of {len(rows)} killed" + (f"; not killed: {', '.join(survived)}"
                                                                     if survived else ""))
 
