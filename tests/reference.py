@@ -25,23 +25,30 @@ def _eager(q, k, v, allowed, scaling):
     return (probs @ v).to(q.dtype).transpose(1, 2).contiguous()
 
 
-def sink_window_allowed(pos: torch.Tensor, sink: int, window: int) -> torch.Tensor:
-    """(batch, 1, n, n) from logical positions (batch, n), -1 = padding."""
-    q, k = pos[:, None, :, None], pos[:, None, None, :]
+def sink_window_allowed(pos: torch.Tensor, sink: int, window: int, key_pos: torch.Tensor | None = None) -> torch.Tensor:
+    """(batch, 1, queries, keys) from logical positions (batch, queries) and (batch, keys) (default: the same);
+    -1 = padding."""
+    key_pos = pos if key_pos is None else key_pos
+    q, k = pos[:, None, :, None], key_pos[:, None, None, :]
     return (k >= 0) & (q >= 0) & (k <= q) & ((k < sink) | (q - k < window))
 
 
 @contextlib.contextmanager
-def reference_attention(model, plan: Plan, attention_mask: torch.Tensor | None, n: int):
-    """Temporarily make `model` compute the reference for a full-sequence forward of `n` tokens."""
-    batch = attention_mask.shape[0] if attention_mask is not None else 1
-    real = attention_mask.bool() if attention_mask is not None else torch.ones(batch, n, dtype=torch.bool)
-    pos = (real.long().cumsum(-1) - 1).masked_fill(~real, -1)
-    streaming = sink_window_allowed(pos, plan.sink, plan.window)
-    causal = sink_window_allowed(pos, n, n)
+def reference_attention(model, plan: Plan, attention_mask: torch.Tensor | None, n: int | None):
+    """Temporarily make `model` compute the reference for full-sequence forwards of `n` tokens
+    (`n` None: of any length, without padding, e.g. `generate(use_cache=False)`)."""
     original = model.config._attn_implementation
 
+    def masks(n: int, batch: int):
+        real = attention_mask.bool() if attention_mask is not None else torch.ones(batch, n, dtype=torch.bool)
+        pos = (real.long().cumsum(-1) - 1).masked_fill(~real, -1)
+        return sink_window_allowed(pos, plan.sink, plan.window), sink_window_allowed(pos, n, n)
+
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        if n is not None and key.shape[2] != n:
+            raise RuntimeError(f"the reference was set up for {n} tokens but got {key.shape[2]}")
+        batch = key.shape[0]
+        streaming, causal = masks(key.shape[2], batch)
         layer = module.layer_idx
         row = plan.head_mask(key.shape[1])[layer]
         if kwargs.get("sliding_window") is not None:  # the model's own sliding layer: its own mask
@@ -72,3 +79,11 @@ def reference_logits(model, plan: Plan, input_ids: torch.Tensor, attention_mask:
     """Logits `(batch, n, vocab)` of the reference over the whole sequence."""
     with reference_attention(model, plan, attention_mask, input_ids.shape[1]):
         return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+
+
+@torch.no_grad()
+def reference_generate(model, plan: Plan, input_ids: torch.Tensor, **kwargs):
+    """`model.generate` (any search, e.g. beam) over the reference, recomputing the whole sequence at each step;
+    rows without padding."""
+    with reference_attention(model, plan, None, None):
+        return model.generate(input_ids, use_cache=False, **kwargs)

@@ -1,10 +1,11 @@
-"""Every family x {exclusive, mixed} x every path, against the float32 reference (tests/reference.py)."""
+"""Every family x {exclusive, mixed} x every path (beam search too), against the float32 reference
+(tests/reference.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from reference import reference_logits
+from reference import reference_generate, reference_logits
 
 import zigzag_attn as zz
 from zigzag_attn.runtime.cache import MixedLayer, SinkWindowLayer
@@ -23,6 +24,15 @@ def max_err(a: torch.Tensor, b: torch.Tensor, real: torch.Tensor | None = None) 
     return float(d[real.bool()].max() if real is not None else d.max())
 
 
+def left_padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of unequal length as one left-padded batch: (input_ids, attention_mask), both `(batch, longest)`."""
+    n = max(len(r) for r in rows)
+    batch, mask = torch.zeros(len(rows), n, dtype=torch.long), torch.zeros(len(rows), n, dtype=torch.long)
+    for b, r in enumerate(rows):
+        batch[b, n - len(r):], mask[b, n - len(r):] = r, 1
+    return batch, mask
+
+
 def run_chunks(model, x, sizes, mask=None):
     cache, out, start = None, [], 0
     for size in sizes:
@@ -36,10 +46,13 @@ def run_chunks(model, x, sizes, mask=None):
     return torch.cat(out, dim=1), cache
 
 
-def assert_bounded(cache, plan):
+def assert_bounded(cache, plan, real: int):
+    """Streaming layers hold exactly the keys a later query can see: min(sink + window - 1, real) tokens, where
+    `real` counts the real tokens of the longest row (a stale key held, even if masked, fails)."""
+    want = min(plan.sink + plan.window - 1, real)
     for i, layer in enumerate(cache.layers):
         if isinstance(layer, (SinkWindowLayer, MixedLayer)):
-            assert layer.stored_tokens <= plan.sink + plan.window, (i, layer.stored_tokens)
+            assert layer.stored_tokens == want, (i, layer.stored_tokens, want)
         if isinstance(layer, MixedLayer):
             assert layer.full.get_seq_length() == layer.get_seq_length()
 
@@ -65,7 +78,7 @@ def test_chunked_prefill(case):
         out, cache = run_chunks(model, x, sizes)
         assert max_err(out, ref) <= TOL, sizes
         assert cache.get_seq_length() == 45
-        assert_bounded(cache, plan)
+        assert_bounded(cache, plan, 45)
 
 
 @torch.no_grad()
@@ -77,7 +90,7 @@ def test_decode_past_window(case, decode):
     zz.patch(model, plan, decode_backend=decode)
     out, cache = run_chunks(model, x, [6] + [1] * 64)
     assert max_err(out, ref) <= TOL
-    assert_bounded(cache, plan)
+    assert_bounded(cache, plan, 70)
     stored = cache.stored_tokens()
     for i in plan.streaming_layers:
         assert stored[i] == plan.sink + plan.window - 1
@@ -94,7 +107,7 @@ def test_generate_bounded(case):
                          return_dict_in_generate=True, output_logits=True)
     cache = zz.cache_of(out)
     assert isinstance(cache, zz.ZigzagCache)
-    assert_bounded(cache, plan)
+    assert_bounded(cache, plan, 47)
     assert cache.get_seq_length() == 47  # the last token is not fed back
     zz.unpatch(model)
     ref = reference_logits(model, plan, out.sequences)[:, 7:-1]
@@ -109,11 +122,8 @@ def test_generate_bounded(case):
 def test_left_padded_batch(case, decode):
     _, model, plan = case
     rows = [ids(12, seed=5)[0], ids(21, seed=6)[0]]
-    n = max(len(r) for r in rows)
-    batch = torch.zeros(2, n, dtype=torch.long)
-    mask = torch.zeros(2, n, dtype=torch.long)
-    for b, r in enumerate(rows):
-        batch[b, n - len(r):], mask[b, n - len(r):] = r, 1
+    batch, mask = left_padded(rows)
+    n = batch.shape[1]
     zz.patch(model, plan, decode_backend=decode)
     together = model.generate(batch, attention_mask=mask, max_new_tokens=25, min_new_tokens=25, do_sample=False)
     for b, r in enumerate(rows):
@@ -125,7 +135,7 @@ def test_left_padded_batch(case, decode):
     zz.unpatch(model)
     ref = reference_logits(model, plan, together, full)
     assert max_err(out, ref, full) <= TOL
-    assert_bounded(cache, plan)
+    assert_bounded(cache, plan, int(full.sum(1).max()))
 
 
 @torch.no_grad()
@@ -140,3 +150,39 @@ def test_unpatch_is_bit_identical(case):
     assert zz.plan_of(model) is None
     assert torch.equal(model(x).logits, before)
     assert torch.equal(model.generate(x[:, :5], max_new_tokens=12, min_new_tokens=12, do_sample=False), gen_before)
+
+
+@torch.no_grad()
+def test_beam_search(case):
+    """Beam search (which reorders the cache rows every step) with the dynamic and the static cache: the
+    reference's beams and scores (transformers' beam search over the reference, without a cache)."""
+    _, model, plan = case
+    prompt = ids(8, seed=9)
+    kw = dict(num_beams=3, max_new_tokens=16, min_new_tokens=16, do_sample=False, output_scores=True,
+              return_dict_in_generate=True)
+    ref = reference_generate(model, plan, prompt, **kw)
+    zz.patch(model, plan)
+    for impl in (None, "static"):
+        out = model.generate(prompt, cache_implementation=impl, **kw)
+        assert torch.equal(out.sequences, ref.sequences), impl
+        assert (out.sequences_scores - ref.sequences_scores).abs().max() <= TOL, impl
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_reorder_cache_moves_rows(case, static):
+    """`reorder_cache` moves each row's keys and its token positions: two left-padded rows of unequal length are
+    swapped past the window, then decoded on against the reference of the swapped batch."""
+    _, model, plan = case
+    x, mask = left_padded([ids(12, seed=5)[0], ids(21, seed=6)[0]])
+    more, n, swap = ids(5, batch=2, seed=10), x.shape[1], torch.tensor([1, 0])
+    full = torch.cat([mask[swap], torch.ones(2, 5, dtype=torch.long)], dim=1)
+    zz.patch(model, plan)
+    cache = zz.make_cache(model, max_cache_len=n + 5 if static else None)
+    model(input_ids=x, attention_mask=mask, cache=cache)
+    cache.reorder_cache(swap)
+    out = [model(input_ids=more[:, t:t + 1], attention_mask=full[:, :n + t + 1], cache=cache).logits
+           for t in range(5)]
+    zz.unpatch(model)
+    ref = reference_logits(model, plan, torch.cat([x[swap], more], dim=1), full)[:, n:]
+    assert max_err(torch.cat(out, dim=1), ref) <= TOL

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from conftest import plans_for
+from conftest import SINK, WINDOW, plans_for, tiny_model
 from reference import reference_logits
-from test_matrix import DECODE_BACKENDS, ids, max_err
+from test_matrix import DECODE_BACKENDS, ids, left_padded, max_err
 
 import zigzag_attn as zz
 from zigzag_attn.runtime.cache import head_groups
@@ -26,11 +28,17 @@ def run_static(model, x, sizes, max_cache_len, mask=None):
     return torch.cat(out, dim=1), cache
 
 
-def assert_rings(cache: ZigzagStaticCache, plan, batch: int):
+def assert_rings(cache: ZigzagStaticCache, plan, real: list[int]):
+    """Rings of min(sink + window, max_cache_len) + 1 slots; row b's ring holds exactly the sinks and the last
+    `window` of its `real[b]` real tokens (the oldest of them is what the next token overwrites)."""
     for i, layer in enumerate(cache.layers):
         ring = layer.stream if isinstance(layer, StaticMixedLayer) else layer
         if isinstance(ring, RingLayer):
-            assert ring.keys.shape[0] == batch and ring.keys.shape[2] == plan.sink + plan.window + 1, i
+            slots = min(plan.sink + plan.window, ring.max_cache_len) + 1
+            assert ring.keys.shape[0] == len(real) and ring.keys.shape[2] == slots, i
+    for b, n in enumerate(real):
+        want = [p for p in range(n) if p < plan.sink or p >= n - plan.window]
+        assert sorted(p for p in cache.ring_pos[b].tolist() if p >= 0) == want, b
 
 
 @torch.no_grad()
@@ -44,7 +52,7 @@ def test_static_matches_reference(case, sizes, backend):
     zz.patch(model, plan, decode_backend=backend)
     out, cache = run_static(model, x, sizes, max_cache_len=80)
     assert max_err(out, ref) <= TOL
-    assert_rings(cache, plan, 1)
+    assert_rings(cache, plan, [70])
     assert int(cache.get_seq_length()) == 70
 
 
@@ -54,9 +62,7 @@ def test_static_left_padded_generate(case, backend):
     _, model, plan = case
     rows = [ids(12, seed=5)[0], ids(21, seed=6)[0]]
     n = max(len(r) for r in rows)
-    batch, mask = torch.zeros(2, n, dtype=torch.long), torch.zeros(2, n, dtype=torch.long)
-    for b, r in enumerate(rows):
-        batch[b, n - len(r):], mask[b, n - len(r):] = r, 1
+    batch, mask = left_padded(rows)
     zz.patch(model, plan, decode_backend=backend)
     kw = dict(max_new_tokens=25, min_new_tokens=25, do_sample=False)
     static = model.generate(batch, attention_mask=mask, cache_implementation="static", **kw)
@@ -64,7 +70,7 @@ def test_static_left_padded_generate(case, backend):
     assert torch.equal(static, dynamic)
     full = torch.cat([mask, torch.ones(2, 25, dtype=torch.long)], dim=1)
     out, cache = run_static(model, static, [n - 3, 5] + [1] * 22, max_cache_len=n + 30, mask=full[:, :-1])
-    assert_rings(cache, plan, 2)
+    assert_rings(cache, plan, full[:, :-1].sum(1).tolist())
     zz.unpatch(model)
     ref = reference_logits(model, plan, static[:, :-1], full[:, :-1])
     assert max_err(out, ref, full[:, :-1]) <= TOL
@@ -96,6 +102,29 @@ def test_compiled_decode_one_graph(case, dynamic, decode):
     torch._dynamo.reset()
     assert len(graphs) == 1
     assert max_err(torch.cat(out, dim=1), ref) <= TOL
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kind", ["exclusive", "mixed", "streaming"])
+@pytest.mark.parametrize("window", [100_000, 10**12])
+def test_ring_no_longer_than_the_cache(kind, window):
+    """A window longer than max_cache_len: rings of max_cache_len + 1 slots (not sink + window + 1, which would
+    take gigabytes or fail to allocate), so no more bytes than a plain static cache of max_cache_len + 1; exact;
+    a clear error past max_cache_len."""
+    model = tiny_model("llama")
+    plans = {**plans_for(model), "streaming": zz.Plan.from_layers(["streaming"] * 4, sink=SINK, window=WINDOW)}
+    plan = dataclasses.replace(plans[kind], window=window)  # "streaming": no static layer bounds the length
+    x = ids(20, seed=11)
+    ref = reference_logits(model, plan, x)
+    with zz.patched(model, plan):
+        out, cache = run_static(model, x, [13, 1, 6], max_cache_len=24)
+        with pytest.raises(ValueError, match="holds 24 tokens per row"):  # not a token silently dropped
+            model(ids(5), cache=cache)
+    assert max_err(out, ref) <= TOL
+    assert_rings(cache, plan, [20])
+    c = model.config
+    plain = 2 * c.num_hidden_layers * c.num_key_value_heads * 25 * (c.hidden_size // c.num_attention_heads) * 4
+    assert cache.nbytes() <= plain
 
 
 def test_static_cache_errors(family_model):

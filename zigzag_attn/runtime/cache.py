@@ -130,6 +130,10 @@ class TwoPartLayer:
     def crop(self, tokens_to_remove: int) -> None:
         self.stream.crop(tokens_to_remove)
 
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.full.reorder_cache(beam_idx)
+        self.stream.reorder_cache(beam_idx)
+
 
 class MixedLayer(TwoPartLayer, DynamicLayer):
     """DuoAttention layer: a full cache for the retrieval KV heads, a bounded one for the streaming heads."""
@@ -160,10 +164,6 @@ class MixedLayer(TwoPartLayer, DynamicLayer):
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.stream.seen + query_length, 0
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.full.reorder_cache(beam_idx)
-        self.stream.reorder_cache(beam_idx)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         self.full.batch_repeat_interleave(repeats)

@@ -5,8 +5,10 @@ Inputs are `(batch, heads, seq, head_dim)`; outputs `(batch, seq, heads, head_di
 - `decode_attention`: one query per row, reading each KV head once: SDPA with grouped heads (CUDA), or
   split-key torch matmuls (CPU).
 - `sink_window_sdpa`: masked torch SDPA; any device; short chunks.
-- `sink_window_blocked`: the same in query blocks, work ~ N * (sink + window); long prefill without FlexAttention.
-- `sink_window_flex`: FlexAttention with a sparse block mask; CUDA prefill, cost ~ N * (sink + window).
+- `sink_window_blocked`: the same in query blocks (`blocked_key_spans`), work ~ N * (sink + window); long prefill
+  without FlexAttention.
+- `sink_window_flex`: FlexAttention with a sparse block mask (`sink_window_block_mask`, whose per-element rule is
+  `sink_window_mask_mod`); CUDA prefill, cost ~ N * (sink + window).
 - `causal_flash`: the `flash-attn` package when installed (CUDA, fp16/bf16, no padding).
 """
 
@@ -106,18 +108,24 @@ def sink_window_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query
     keys from `window - 1` before its first query to its last, so it never builds a `q_len x keys` mask.
     Shapes as `sink_window_sdpa`.
     """
-    n = q.shape[2]
-    cached = k.shape[2] - n
-    new_sinks = min(max(sink - int(query_pos[0, 0]), 0), n)  # new keys that are sinks (a short or empty cache)
     out = []
-    for a in range(0, n, block):
-        b, lo = min(a + block, n), max(0, a - window + 1)
-        spans = [(0, cached + min(new_sinks, lo)), (cached + lo, cached + b)]
+    for a, b, spans in blocked_key_spans(query_pos, k.shape[2], sink=sink, window=window, block=block):
         kk, vv = (torch.cat([x[:, :, s:e] for s, e in spans], dim=2) for x in (k, v))
         pos = torch.cat([key_pos[:, s:e] for s, e in spans], dim=1)
         out.append(sink_window_sdpa(q[:, :, a:b], kk, vv, query_pos[:, a:b], pos, sink=sink, window=window,
                                     scale=scale))
     return torch.cat(out, dim=1)
+
+
+def blocked_key_spans(query_pos: torch.Tensor, keys: int, *, sink: int, window: int, block: int):
+    """The blocks of `sink_window_blocked`: `(a, b, spans)` for queries `a:b`, which attend the keys
+    `[s:e for s, e in spans]` of the `keys` visible ones (masked within). `query_pos` `(batch, q_len)`, rows alike."""
+    n = query_pos.shape[1]
+    cached = keys - n
+    new_sinks = min(max(sink - int(query_pos[0, 0]), 0), n)  # new keys that are sinks (a short or empty cache)
+    for a in range(0, n, block):
+        b, lo = min(a + block, n), max(0, a - window + 1)
+        yield a, b, [(0, cached + min(new_sinks, lo)), (cached + lo, cached + b)]
 
 
 FLEX_MIN_QUERIES = 128  # one query block; below it inductor picks flex decoding, which needs other shapes
@@ -172,16 +180,24 @@ def sink_window_block_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, *, si
         order = torch.argsort((~m).to(torch.int8), dim=-1, stable=True).to(torch.int32)
         return counts[:, None], order[:, None]
 
-    qp, kp = query_pos, key_pos
-
-    def mask_mod(bi, h, qi, ki):
-        qq, kk = qp[bi, qi], kp[bi, ki]
-        return (kk >= 0) & (kk <= qq) & ((kk < sink) | (qq - kk < window))
-
     kv_num, kv_idx = indices(partial)
     full_num, full_idx = indices(every)
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block,
+                                    mask_mod=sink_window_mask_mod(query_pos, key_pos, sink=sink, window=window),
                                     seq_lengths=(lq, lk))
+
+
+def sink_window_mask_mod(query_pos: torch.Tensor, key_pos: torch.Tensor, *, sink: int, window: int):
+    """FlexAttention's per-element rule inside partial blocks: `mask_mod(batch, head, q_idx, kv_idx)` -> bool.
+
+    Indices may be tensors of any broadcastable shapes (FlexAttention passes scalars); positions as
+    `sink_window_sdpa`."""
+
+    def mask_mod(bi, h, qi, ki):
+        qq, kk = query_pos[bi, qi], key_pos[bi, ki]
+        return (kk >= 0) & (kk <= qq) & ((kk < sink) | (qq - kk < window))
+
+    return mask_mod
 
 
 def sink_window_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, *,

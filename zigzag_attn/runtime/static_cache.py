@@ -1,7 +1,7 @@
 """Static, compile-friendly KV cache for patched models: fixed ring buffers for streaming layers.
 
 `ZigzagStaticCache` is a transformers `StaticCache` whose streaming layers hold a ring of
-sink + window slots plus one scratch slot (padding writes land there), and whose mixed layers
+min(sink + window, max_cache_len) slots plus one scratch slot (padding writes land there), and whose mixed layers
 split into a static part and a ring. Shapes never change, so `torch.compile` and CUDA graphs apply.
 Every ring keeps the same token positions, so the cache computes them once per forward (`begin`).
 """
@@ -137,7 +137,7 @@ class ZigzagStaticCache(StepRouting, StaticCache):
     """A `StaticCache` for a model patched with `plan`: pass it as the cache, or let `generate` make a static one.
 
     Retrieval layers are transformers' static layers of `max_cache_len` tokens; streaming layers are rings of
-    sink + window + 1 slots whatever the length.
+    min(sink + window, max_cache_len) + 1 slots whatever the length.
     """
 
     step_layers = (RingLayer, StaticMixedLayer)
@@ -147,7 +147,8 @@ class ZigzagStaticCache(StepRouting, StaticCache):
         if len(self.layers) != plan.num_layers:
             raise ValueError(f"the model config has {len(self.layers)} layers but the plan has {plan.num_layers}")
         self.plan = plan
-        self.capacity = plan.sink + plan.window + 1
+        # positions stay below max_cache_len, so a shorter ring holds each at its own slot and never wraps
+        self.capacity = min(plan.sink + plan.window, max_cache_len) + 1
         for i, mode in enumerate(plan.modes):
             if mode == STREAMING:
                 self.layers[i] = RingLayer(self.capacity, max_cache_len)
@@ -171,6 +172,10 @@ class ZigzagStaticCache(StepRouting, StaticCache):
         valid = valid.to(device=device, dtype=torch.bool)
         query_pos = torch.where(valid, self.next_pos[:, None] + valid.long().cumsum(1) - 1, -1)
         last = self.next_pos + valid.sum(1) - 1
+        if scratch < sink + window and not is_torchdynamo_compiling() and bool((last >= scratch).any()):
+            # a ring cut to max_cache_len has no slot for more (a check only for such short rings, only eager)
+            raise ValueError(f"this static cache holds {scratch} tokens per row (max_cache_len) and the input "
+                             f"would take a row to {int(last.max()) + 1}; make one with a larger max_cache_len")
         survive = valid & ((query_pos < sink) | (query_pos > last[:, None] - window))
         slot = torch.where(query_pos < sink, query_pos, sink + (query_pos - sink) % window)
         slot = torch.where(survive, slot, scratch)
@@ -189,12 +194,20 @@ class ZigzagStaticCache(StepRouting, StaticCache):
         return super().get_seq_length(full[0] if full else layer_idx)
 
     def stored_tokens(self) -> list[int]:
-        """Token slots each layer holds: `max_cache_len` for static layers, sink + window + 1 for rings."""
+        """Token slots each layer holds: `max_cache_len` for static layers, `capacity` for rings."""
         return [getattr(layer, "stored_tokens", layer.max_cache_len) for layer in self.layers]
 
     def nbytes(self) -> int:
         """Bytes of keys and values allocated by all layers."""
         return kv_nbytes(self.layers)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: row i takes row `beam_idx[i]`'s keys and ring positions (in place: fixed addresses)."""
+        super().reorder_cache(beam_idx)
+        if self.ring_pos is not None:
+            idx = beam_idx.to(self.ring_pos.device)
+            self.ring_pos.copy_(self.ring_pos.index_select(0, idx))
+            self.next_pos.copy_(self.next_pos.index_select(0, idx))
 
     def reset(self) -> None:
         super().reset()
