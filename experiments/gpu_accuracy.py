@@ -78,8 +78,8 @@ def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
     log(f"robust profile: {seconds:.1f} s; ranking {scores.meta['ranking']}; "
         f"validation {scores.meta.get('validation', {}).get('worst_loss_rise')}")
     scores.save(state / "robust_scores.json")
-    ablation = zz.Scores(torch.tensor(scores.meta["ablation"])[:, None].expand(-1, info.num_kv_heads),
-                         -torch.tensor(scores.meta["ablation"]), model=info, method="ablation-worst-task")
+    rise = torch.tensor(scores.meta["ablation"])  # worst-task loss rise with the layer streaming alone: keep the high
+    ablation = zz.Scores(rise[:, None].expand(-1, info.num_kv_heads), rise, model=info, method="ablation-worst-task")
     for r in RATIOS:
         plan = zz.solve(scores, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
         prov = {**plan.provenance, "command": "python " + shlex.join(sys.argv), "model_name": args.name,
