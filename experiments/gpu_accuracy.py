@@ -1,14 +1,14 @@
 """The accuracy matrix of docs/results.md (Qwen2.5-Coder, SmolLM2) on a GPU: calibrate, then evaluate every policy
-on the same held-out prompts. Produced docs/results/matrix_<model>.jsonl and the shipped `<model>@<ratio>` plans.
+on the same held-out prompts. Produced docs/results/qwen/ and the shipped `<model>@<ratio>` plans.
 
     python experiments/gpu_accuracy.py calibrate --model GGUF --name NAME --state DIR --out DIR
     python experiments/gpu_accuracy.py eval --model GGUF --name NAME --state DIR --out DIR --deadline EPOCH_S
     python experiments/gpu_accuracy.py ... --smoke        # tiny sizes, to check the script on CPU
 
-calibrate (one call): the default `method="robust"` profile (timed: that is the calibration cost), plans at 50%,
-33% and 25% retrieval layers; the plain-ablation ranking the robust method computes on the way (its own plans,
-"ablation@r"); DuoAttention head gates (one gate per KV head, distilled on the same calibration data) for the
-head-level baseline. Everything goes to --state (kept on the GPU machine between calls) and --out.
+calibrate (one call): the `method="robust"` profile (timed: that is the calibration cost) and plans at 50%, 33%
+and 25% retrieval layers; DuoAttention head gates (one gate per KV head, distilled on the same calibration data)
+for the head-level baseline. Everything goes to --state (kept on the GPU machine between calls) and --out. The
+plain-ablation ranking the robust profile records on the way gives the "ablation@r" baseline plans.
 eval: prompts of every task x length on genres calibration never saw ("technical" GNU manuals, "legal" licence
 texts; half of the prompts each), RULER wordings (calibration uses others). Policies go in PRIORITY order; a
 chunk (one policy on one task at every length) starts only if, judged by the last chunk, it ends before
@@ -70,7 +70,6 @@ def load_model(args):
 
 
 def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
-    info = describe(model)
     t = time.perf_counter()
     scores = zz.profile(model, tok, method="robust", length=cfg["length"], samples=cfg["samples"], sink=cfg["sink"],
                         window=cfg["window"], batch_size=8, candidates=cfg["candidates"], progress=False)
@@ -78,8 +77,6 @@ def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
     log(f"robust profile: {seconds:.1f} s; ranking {scores.meta['ranking']}; "
         f"validation {scores.meta.get('validation', {}).get('worst_loss_rise')}")
     scores.save(state / "robust_scores.json")
-    rise = torch.tensor(scores.meta["ablation"])  # worst-task loss rise with the layer streaming alone: keep the high
-    ablation = zz.Scores(rise[:, None].expand(-1, info.num_kv_heads), rise, model=info, method="ablation-worst-task")
     for r in RATIOS:
         plan = zz.solve(scores, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
         prov = {**plan.provenance, "command": "python " + shlex.join(sys.argv), "model_name": args.name,
@@ -91,7 +88,6 @@ def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
         plan = zz.Plan.from_layers(plan.modes, sink=plan.sink, window=plan.window, model=plan.model, provenance=prov)
         for d in (state, out):
             plan.save(d / f"{args.name}_{r}.json")  # '@' does not survive the device transfer
-        zz.solve(ablation, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"]).save(state / f"ablation_{r}.json")
         log(f"zigzag@{r}: {plan.describe()}")
     groups = calibration_groups(tok, lengths=(cfg["gate_len"],), samples=cfg["samples"], seed=7)
     data = [s for g in groups.values() for s in g]
@@ -107,6 +103,10 @@ def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
 def policies(cfg, model, state: Path) -> dict[str, zz.Plan | None]:
     info = describe(model)
     heads = zz.Scores.load(state / "head_scores.json")
+    # the plain-ablation baseline: the worst-task loss rise of each layer streaming alone, recorded by the robust
+    # profile; the layers whose streaming hurts most stay retrieval
+    rise = torch.tensor(zz.Scores.load(state / "robust_scores.json").meta["ablation"])
+    ablation = zz.Scores(rise[:, None].expand(-1, info.num_kv_heads), rise, model=info, method="ablation-worst-task")
     out: dict[str, zz.Plan | None] = {"full": None, "streaming": all_streaming(info, sink=cfg["sink"],
                                                                                   window=cfg["window"]).plan}
     for r in RATIOS:
@@ -115,8 +115,7 @@ def policies(cfg, model, state: Path) -> dict[str, zz.Plan | None]:
         # equal KV: the same number of retrieval heads, so the budget is equal at every length
         out[f"duo@{r}"] = zz.solve_heads(heads, kv_budget=plan.kv_fraction(max(cfg["lengths"])),
                                          context_length=max(cfg["lengths"]), sink=plan.sink, window=plan.window)
-        if (state / f"ablation_{r}.json").exists():
-            out[f"ablation@{r}"] = zz.Plan.load(state / f"ablation_{r}.json")
+        out[f"ablation@{r}"] = zz.solve(ablation, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
         for i, p in enumerate(random_sets(info, cfg["randoms"], r, seed=17, sink=cfg["sink"],
                                               window=cfg["window"]), 1):
             out[f"random-{i}@{r}"] = p.plan
