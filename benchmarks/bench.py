@@ -93,11 +93,10 @@ class Bench:
     def __init__(self, args, policies: list[str]):
         self.args = args
         t = time.time()
-        if args.model:  # real weights: a GGUF file or a local directory
-            path = Path(args.model)
-            kw = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
-            base = AutoModelForCausalLM.from_pretrained(path.parent if kw else path, dtype=torch.bfloat16,
-                                                        attn_implementation="sdpa", **kw).to(DEVICE).eval()
+        if args.model:  # real weights: an alias, a GGUF file or a local directory
+            from zigzag_attn.models import load
+
+            base = load(args.model, dtype=torch.bfloat16, device=DEVICE)[0]
             cfg = base.config
         else:
             cfg = llama3_8b(args.layers, args.smoke)
@@ -428,7 +427,8 @@ def main() -> None:
     ap.add_argument("--decode-backend", choices=("auto", "sdpa", "split"), default="auto",
                     help="zigzag's decode kernel for patched policies (auto: sdpa on CUDA, split elsewhere)")
     ap.add_argument("--layers", type=int, default=32, help="fewer layers for a quick run")
-    ap.add_argument("--model", help="real weights (a .gguf file or a local directory) instead of the random 8B shape")
+    ap.add_argument("--model", help="real weights (an alias, a .gguf file or a local directory) instead of the random "
+                    "8B shape")
     ap.add_argument("--zigzag-plan", help="with --model: the 50%% layer plan to time as zigzag (default: odd layers)")
     ap.add_argument("--smoke", action="store_true", help="a tiny model of the same head shape (checks logic on CPU)")
     ap.add_argument("--out", default="bench-out")

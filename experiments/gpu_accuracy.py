@@ -34,6 +34,7 @@ from zigzag_attn.data.texts import load_text
 from zigzag_attn.eval import all_streaming, random_sets
 from zigzag_attn.eval.tasks import make
 from zigzag_attn.model_info import describe
+from zigzag_attn.models import load
 from zigzag_attn.profile import measure
 
 RATIOS = (0.5, 0.33, 0.25)
@@ -57,15 +58,9 @@ def log(msg: str) -> None:
 
 
 def load_model(args):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(args.model)
-    kw = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
-    folder = path.parent if kw else path
-    tok = AutoTokenizer.from_pretrained(folder, **kw)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw).to(args.device).eval()
-    model.config.name_or_path = args.name
+    model, tok = load(args.model, dtype=dtype, device=args.device)
+    model.config.name_or_path = args.name  # plans record the alias, not the machine's path
     return model, tok
 
 
