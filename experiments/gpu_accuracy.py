@@ -76,7 +76,7 @@ def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
         plan = zz.solve(scores, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
         prov = {**plan.provenance, "command": "python " + shlex.join(sys.argv), "model_name": args.name,
                 "method": "robust", "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                "dtype": "bfloat16", "seconds": round(seconds, 1),
+                "dtype": str(model.dtype).removeprefix("torch."), "seconds": round(seconds, 1),
                 "calibration": {"tasks": list(scores.meta["groups"]), "genres": ["calibration (fiction)", "code"],
                                 "length": cfg["length"], "samples": cfg["samples"]},
                 "profile": scores.meta}
@@ -118,7 +118,7 @@ def policies(cfg, model, state: Path) -> dict[str, zz.Plan | None]:
 
 
 def _plan_file(state: Path, r: float) -> Path:
-    found = [p for p in state.glob(f"*_{r}.json") if not p.name.startswith("ablation")]
+    found = list(state.glob(f"*_{r}.json"))
     if len(found) != 1:
         raise FileNotFoundError(f"expected one calibrated plan for ratio {r} in {state}; found {found}")
     return found[0]
