@@ -133,6 +133,22 @@ def test_latency_budget_trades_mixed_layers():
     assert plan.provenance["cost_model"]["kind"] == "bytes" and plan.provenance["constraint"]["latency_budget"] == tight
 
 
+def test_a_lower_score_partial_plan_can_be_the_only_one_within_the_latency_budget():
+    """2 heads in each of 3 layers (4.5 us apiece), or 1 head in each (2.5 us) and a retrieval layer (5.8 us): both
+    reach 6 heads and 3 mixed layers, the first with the higher score. Only the second leaves time for another
+    retrieval layer (9 heads, what the KV budget allows) within 19.5 us."""
+    cost = CostModel(bandwidth=1e9, call_overhead=1e-6, points={
+        ("decode", 1, 1, 3): [(N, 2.5e-6)], ("decode", 1, 2, 3): [(N, 4.5e-6)]})
+    scores = Scores([[1, 1, 0]] * 3 + [[0.9] * 3] * 2, model=ModelInfo("llama", 5, 3, 4))
+    kw = dict(kv_budget=0.65, context_length=N, max_mixed=3, cost=cost, sink=SINK, window=WINDOW)
+    best = brute_force(scores, 0.65, 3, 19.5e-6, cost)
+    plan = solve_hybrid(scores, latency_budget=19.5e-6, **kw)
+    assert best[0] == 9 and plan.provenance["constraint"]["retrieval_heads"] == 9
+    assert plan.modes == ("mixed", "mixed", "mixed", "retrieval", "retrieval")  # 1 head in each mixed layer
+    assert retained(plan.head_mask(3), scores, {}) == pytest.approx(best[1])
+    assert round(plan.provenance["predicted_latency_s"] * 1e9) == -best[2] == 19100
+
+
 def test_ties_go_to_lower_layers_and_heads():
     scores = Scores([[0.5, 0.5]] * 4, model=ModelInfo("llama", 4, 2, 4))
     plan = solve_hybrid(scores, kv_budget=0.5, context_length=10**6, max_mixed=1, sink=SINK, window=WINDOW)
