@@ -85,6 +85,14 @@ def scored_plan(tmp_path) -> Path:
     (["calibrate", "m", "--out", "p.json", "--candidates", "3", "--no-refine"], "--candidates"),
     (["calibrate", "m", "--out", "p.json", "--method", "attention", "--steps", "10"], "--steps"),
     (["calibrate", "m", "--out", "p.json", "--granularity", "head"], "--granularity"),
+    (["calibrate", "m", "--out", "p.json", "--max-mixed", "-1"], "--max-mixed"),
+    (["calibrate", "m", "--out", "p.json", "--max-mixed", "1"], "--max-mixed"),
+    (["calibrate", "m", "--out", "p.json", "--max-mixed", "1", "--kv-budget", "0.5", "--context-length", "100"],
+     "--max-mixed"),
+    (["calibrate", "m", "--out", "p.json", "--max-mixed", "1", "--kv-budget", "0.5", "--context-length", "100",
+      "--method", "gates", "--granularity", "head", "--refine"], "--refine"),
+    (["calibrate", "m", "--out", "p.json", "--latency-budget", "0.01"], "--latency-budget"),
+    (["calibrate", "m", "--out", "p.json", "--latency-budget", "0"], "--latency-budget"),
     (["calibrate", "m", "--out", "/no/such/dir/p.json"], "--out"),
     (["calibrate", "m", "--out", "p.json", "--data", "/no/such/text.txt"], "--data"),
     (["calibrate", "m", "--out", "p.json", "--dtype", "float8"], "--dtype"),
@@ -203,6 +211,27 @@ def test_calibrate_head_gates_give_per_head_scores(capsys, tiny_dir, tmp_path):
     assert code == 0, err
     scores = zz.Scores.load(scores_path)
     assert scores.meta["granularity"] == "head" and head_scores_problem(scores) is None
+
+
+def test_calibrate_hybrid(capsys, tiny_dir, tmp_path):
+    out_path = tmp_path / "plan.json"
+    argv = ["calibrate", str(tiny_dir), "--out", str(out_path), "--method", "gates", "--granularity", "head",
+            "--steps", "3", "--kv-budget", "0.5", "--context-length", "2048", "--max-mixed", "1", "--length", "256",
+            "--keys", "2", "--samples", "1", "--sink", "4", "--window", "32"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    plan = zz.Plan.load(out_path)
+    prov = plan.provenance
+    assert prov["solver"] == "hybrid-dp" and prov["constraint"]["max_mixed"] == 1 and len(plan.mixed_layers) <= 1
+    assert plan.kv_fraction(2048) <= 0.5 and prov["predicted_latency_s"] > 0 and prov["cost_model"]["kind"] == "bytes"
+    assert prov["command"] == "zigzag-attn " + " ".join(argv) and prov["method"] == "gates"
+
+
+def test_calibrate_hybrid_latency_checked_before_the_weights_load(capsys, tiny_dir, tmp_path, no_weights):
+    code, _, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(tmp_path / "p.json"), "--method", "gates",
+                       "--granularity", "head", "--kv-budget", "0.5", "--context-length", "2048", "--max-mixed", "1",
+                       "--latency-budget", "1e-9")
+    assert code == 2 and "argument --latency-budget: latency_budget=1e-09 s is infeasible" in err
 
 
 def test_calibrate_robust(capsys, tiny_dir, tmp_path):

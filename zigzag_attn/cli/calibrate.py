@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import time
 from typing import Any
@@ -32,6 +33,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     size.add_argument("--kv-budget", type=float_arg(0, 1, "a fraction in (0, 1]", open_lo=True), metavar="F",
                       help="largest plan whose KV cache is at most F of full attention at --context-length")
     cal.add_argument("--context-length", type=int_arg(1), metavar="N", help="context length for --kv-budget")
+    cal.add_argument("--max-mixed", type=int_arg(0), metavar="M", help="with --kv-budget and per-head gates "
+                     "(--method gates --granularity head): a hybrid plan with at most M mixed layers "
+                     "(zz.solve_hybrid; 0 gives the layer-exclusive plan)")
+    cal.add_argument("--latency-budget", type=float_arg(0, 3600, "a number of seconds in (0, 3600]", open_lo=True),
+                     metavar="S", help="with --max-mixed: predicted attention seconds per decode step at most S "
+                     "(bytes-read model of the H200, zigzag_attn.cost)")
     cal.add_argument("--sink", type=int_arg(0), default=64, help="sink tokens (default 64)")
     cal.add_argument("--window", type=int_arg(1), default=256, help="window tokens (default 256)")
     cal.add_argument("--data", nargs="+", metavar="DIR_OR_FILE",
@@ -69,6 +76,8 @@ def run(args, argv: list[str]) -> int:
     start = time.perf_counter()
     opts = _options(args)
     solve_kw = dict(opts["constraint"], sink=args.sink, window=args.window)
+    if args.max_mixed is not None:
+        solve = _hybrid(args)
     try:
         text = load_text(args.data) if args.data else None
     except (FileNotFoundError, ValueError) as e:
@@ -79,10 +88,13 @@ def run(args, argv: list[str]) -> int:
     try:
         floor = solve(Scores(torch.zeros(info.num_layers, info.num_kv_heads), model=info), **solve_kw)
     except ValueError as e:
-        raise UsageError(f"argument --{next(iter(opts['constraint'])).replace('_', '-')}: {e}") from None
-    k = floor.provenance["constraint"]["retrieval_layers"]
+        flag = "latency_budget" if "latency_budget" in str(e) else next(iter(opts["constraint"]))
+        raise UsageError(f"argument --{flag.replace('_', '-')}: {e}") from None
     choosable = info.num_layers - len(info.native_sliding)
-    if k in (0, choosable):  # every choosable layer one kind: scores cannot change the plan
+    heads = floor.provenance["constraint"].get("retrieval_heads")  # hybrid plans count heads
+    k = floor.provenance["constraint"].get("retrieval_layers", (heads or 0) // info.num_kv_heads)
+    heads = k * info.num_kv_heads if heads is None else heads
+    if heads in (0, choosable * info.num_kv_heads):  # every choosable layer one kind: scores cannot change the plan
         say(f"no profiling needed: the plan keeps {k} of {choosable} choosable layers retrieval, so there is "
             "nothing to choose" + (f"; no scores to write to {args.scores_out}" if args.scores_out else ""))
         plan = type(floor).from_layers(floor.modes, sink=floor.sink, window=floor.window, model=floor.model,
@@ -157,6 +169,16 @@ def _options(args) -> dict[str, Any]:
         if args.refine:
             raise UsageError("argument --refine: not used with --method robust (it is a measured greedy search)")
         opts["refine"] = False
+    if args.latency_budget is not None and args.max_mixed is None:
+        raise UsageError("argument --latency-budget: only used with --max-mixed")
+    if args.max_mixed is not None:
+        if args.kv_budget is None:
+            raise UsageError("argument --max-mixed: needs --kv-budget F --context-length N")
+        if opts["method"] != "gates" or args.granularity != "head":
+            raise UsageError("argument --max-mixed: needs per-head scores: --method gates --granularity head")
+        if args.refine:
+            raise UsageError("argument --refine: not used with --max-mixed (it refines layer-exclusive plans)")
+        opts["refine"] = False
     if args.candidates is not None and not opts["refine"]:
         raise UsageError("argument --candidates: only used with --refine")
     if opts["length"] < 64 * opts["keys"]:
@@ -180,8 +202,7 @@ def _save(args, argv: list[str], plan, start: float, extra: dict[str, Any], opts
     provenance = {**plan.provenance, **extra, "command": shlex.join([PROG, *argv]), "model_name": args.model,
                   "device": device_name(pick_device(args.device)), "seconds": round(seconds, 1),
                   "calibration": calibration, "versions": versions()}
-    plan = type(plan).from_layers(plan.modes, sink=plan.sink, window=plan.window, model=plan.model,
-                                  provenance=provenance)
+    plan = dataclasses.replace(plan, provenance=provenance)
     path = plan.save(args.out)
     print(plan.describe())
     first = opts["length"] if opts else SHOW_LENGTHS[0]
@@ -190,3 +211,12 @@ def _save(args, argv: list[str], plan, start: float, extra: dict[str, Any], opts
     print(f"saved {path}" + (f" (scores: {args.scores_out})" if args.scores_out and opts else "")
           + f" in {seconds:.1f} s")
     return 0
+
+
+def _hybrid(args):
+    """`solve` for --max-mixed: the same keyword arguments, answered by zz.solve_hybrid."""
+    from ..solve_hybrid import solve_hybrid
+
+    def solve(scores, **kw):
+        return solve_hybrid(scores, max_mixed=args.max_mixed, latency_budget=args.latency_budget, **kw)
+    return solve
