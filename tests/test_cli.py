@@ -222,7 +222,8 @@ def test_calibrate_hybrid(capsys, tiny_dir, tmp_path):
     assert code == 0, err
     plan = zz.Plan.load(out_path)
     prov = plan.provenance
-    assert prov["solver"] == "hybrid-dp" and prov["constraint"]["max_mixed"] == 1 and len(plan.mixed_layers) <= 1
+    assert prov["solver"] == "hybrid-dp" and prov["constraint"]["max_mixed"] == 1
+    assert prov["constraint"]["retrieval_heads"] == 3 and len(plan.mixed_layers) == 1  # 4 heads: 0.509 of the KV
     assert plan.kv_fraction(2048) <= 0.5 and prov["predicted_latency_s"] > 0 and prov["cost_model"]["kind"] == "bytes"
     assert prov["command"] == "zigzag-attn " + " ".join(argv) and prov["method"] == "gates"
 
