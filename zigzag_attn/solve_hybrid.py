@@ -13,6 +13,8 @@ of retrieval heads (every head of a choosable layer costs the same cache) and pe
 layer index. Without a latency budget a state keeps its best partial plan. With one, a state keeps every partial plan
 not dominated in (score, latency): one with a lower score but lower latency may be the only one to finish within the
 budget. Latencies are summed as whole nanoseconds per layer, so the sums are exact whatever the order.
+Work: layers x (retrieval heads allowed + 1) x (min(max_mixed, layers) + 1) x (H + 1) steps, times the partial plans
+a state keeps under a latency budget; 80 layers of 8 KV heads with max_mixed=80 take about 7 s on one CPU core.
 """
 
 from __future__ import annotations
