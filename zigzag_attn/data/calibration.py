@@ -15,7 +15,7 @@ import random
 from collections.abc import Sequence
 
 from .passkey import COLORS, THINGS, Sample, passkey_samples
-from .prompts import distinct, needle_prompt, number
+from .prompts import distinct_names, distinct_numbers, needle_prompt
 from .texts import CALIBRATION_SPLITS, load_text
 
 TASKS = ("passkeys", "ledger", "boxes")
@@ -24,7 +24,7 @@ TASKS = ("passkeys", "ledger", "boxes")
 def ledger(tokenizer, text: str, length: int, rng: random.Random, entries: int = 4) -> Sample:
     """One ledger (`entries` 5-digit entries at random depths); the answer lists the entries in order."""
     name = f"{rng.choice(COLORS)} {rng.choice(THINGS)}"
-    nums = distinct(lambda: number(rng, 5), entries)
+    nums = distinct_numbers(rng, entries, 5)
     depths = sorted(rng.uniform(0.05, 0.95) for _ in nums)
     needles = [(d, f" New entry in the ledger of the {name}: {v}. ") for d, v in zip(depths, nums, strict=True)]
     question = (f"\nQuestion: List the entries in the ledger of the {name}, oldest first. Answer: The entries in the "
@@ -34,9 +34,8 @@ def ledger(tokenizer, text: str, length: int, rng: random.Random, entries: int =
 
 def boxes(tokenizer, text: str, length: int, rng: random.Random, hops: int = 3, chains: int = 2) -> Sample:
     """`chains` box chains of `hops` copies each, interleaved at random depths; asks for the first chain's boxes."""
-    names = distinct(lambda: "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5)),
-                     chains * (hops + 1))
-    values = distinct(lambda: number(rng, 5), chains)
+    names = distinct_names(rng, chains * (hops + 1))
+    values = distinct_numbers(rng, chains, 5)
     needles, asked = [], ([], [])
     for c in range(chains):
         chain = names[c * (hops + 1):(c + 1) * (hops + 1)]

@@ -73,8 +73,17 @@ def ids(tok, s: str) -> list[int]:
     return tok(s, add_special_tokens=False).input_ids if s else []
 
 
-def distinct(make, k: int) -> list[str]:
-    """`k` distinct values of `make()`, in the order drawn."""
+def distinct_numbers(rng: random.Random, k: int, digits: int) -> list[str]:
+    """`k` distinct random `digits`-digit numbers, in the order drawn."""
+    return _distinct(lambda: number(rng, digits), k)
+
+
+def distinct_names(rng: random.Random, k: int) -> list[str]:
+    """`k` distinct random five-letter upper-case names, in the order drawn."""
+    return _distinct(lambda: "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5)), k)
+
+
+def _distinct(make, k: int) -> list[str]:
     out: list[str] = []
     while len(out) < k:
         v = make()

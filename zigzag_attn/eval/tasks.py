@@ -18,7 +18,8 @@ from ..data.passkey import Sample, passkey_samples
 from ..data.prompts import (
     check_length,
     check_tokenizer,
-    distinct,
+    distinct_names,
+    distinct_numbers,
     ids,
     labelled,
     needle_prompt,
@@ -48,11 +49,11 @@ def niah(tokenizer, length: int, depth: float = 0.5, n: int = 1, seed: int = 0, 
     text, rng = _text(text), random.Random(seed)
     out = []
     for _ in range(_count(n)):
-        key, value = rng.choice(_keys()), _number(rng)
+        key, value = rng.choice(_keys()), number(rng, 7)
         question = (f"\nQuestion: What is the special magic number for {key} mentioned in the provided text? "
                     f"Answer: The special magic number for {key} mentioned in the provided text is")
         out.append(needle_prompt(tokenizer, text, length, rng, [(depth, _magic(key, value))], question, [value],
-                                  [depth], MAGIC_INTRO))
+                                 [depth], MAGIC_INTRO))
     return out
 
 
@@ -74,14 +75,14 @@ def multikey_niah(tokenizer, length: int, n: int = 1, seed: int = 0, text: str |
     out = []
     for _ in range(_count(n)):
         names = rng.sample(_keys(), keys)
-        values = _distinct_numbers(rng, keys)
+        values = distinct_numbers(rng, keys, 7)
         depths = [rng.uniform(0.05, 0.95) for _ in names]
         ask = rng.randrange(keys)
         question = (f"\nQuestion: What is the special magic number for {names[ask]} mentioned in the provided text? "
                     f"Answer: The special magic number for {names[ask]} mentioned in the provided text is")
         needles = [(d, _magic(k, v)) for d, k, v in zip(depths, names, values, strict=True)]
         out.append(needle_prompt(tokenizer, text, length, rng, needles, question, [values[ask]], [depths[ask]],
-                                  MAGIC_INTRO))
+                                 MAGIC_INTRO))
     return out
 
 
@@ -94,7 +95,7 @@ def multivalue(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | No
     out = []
     for _ in range(_count(n)):
         key = rng.choice(_keys())
-        nums = _distinct_numbers(rng, values)
+        nums = distinct_numbers(rng, values, 7)
         depths = sorted(rng.uniform(0.05, 0.95) for _ in nums)
         question = (f"\nQuestion: What are all the special magic numbers for {key} mentioned in the provided text, "
                     f"in the order they appear? Answer: The special magic numbers for {key} mentioned in the "
@@ -116,8 +117,8 @@ def variable_tracking(tokenizer, length: int, n: int = 1, seed: int = 0, text: s
     text, rng = _text(text), random.Random(seed)
     out = []
     for _ in range(_count(n)):
-        names = _distinct_names(rng, chains * (hops + 1))
-        values = _distinct_numbers(rng, chains, digits=5)
+        names = distinct_names(rng, chains * (hops + 1))
+        values = distinct_numbers(rng, chains, 5)
         needles, asked = [], []
         for c in range(chains):
             chain = names[c * (hops + 1):(c + 1) * (hops + 1)]
@@ -204,18 +205,6 @@ def _magic(key: str, value: str) -> str:
 
 def _keys() -> list[str]:
     return [f"{a}-{b}" for a in ADJECTIVES for b in NOUNS]
-
-
-def _number(rng: random.Random, digits: int = 7) -> str:
-    return number(rng, digits)
-
-
-def _distinct_numbers(rng: random.Random, k: int, digits: int = 7) -> list[str]:
-    return distinct(lambda: number(rng, digits), k)
-
-
-def _distinct_names(rng: random.Random, k: int) -> list[str]:
-    return distinct(lambda: "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5)), k)
 
 
 def _text(text: str | None) -> str:
