@@ -104,30 +104,29 @@ def run(args, argv: list[str]) -> int:
 
     dtype = pick_dtype(args.dtype, opts["device"])
     model, tok = target.load(dtype, opts["device"])
-    if opts["method"] == "robust":  # builds its own multi-task data (zigzag_attn.data.calibration)
-        say(f"profiling with method='robust': 3 tasks x {opts['samples']} prompts at {opts['length'] // 2} and "
+    samples = None  # method="robust" builds its own multi-task data (zigzag_attn.data.calibration)
+    if opts["method"] == "robust":
+        say(f"building 3 tasks x {opts['samples']} calibration prompts at {opts['length'] // 2} and "
             f"{opts['length']} tokens ...")
+    else:
+        say(f"building {opts['samples']} calibration prompts of {opts['length']} tokens with {opts['keys']} "
+            "passkeys each ...")
         try:
-            scores = profile(model, tok, method="robust", length=opts["length"], samples=opts["samples"], text=text,
-                             sink=args.sink, window=args.window, seed=args.seed, batch_size=opts["batch"])
+            samples = passkey_samples(tok, n=opts["samples"], length=opts["length"], keys=opts["keys"], text=text,
+                                      seed=args.seed)
         except (TypeError, ValueError) as e:
-            raise CLIError(f"cannot profile: {e}") from None
-        if args.scores_out:
-            scores.save(args.scores_out)
-        return _save(args, argv, solve(scores, **solve_kw), start, {
-            "method": "robust", "dtype": str(dtype).removeprefix("torch."), "profile": scores.meta}, opts)
-    say(f"building {opts['samples']} calibration prompts of {opts['length']} tokens with {opts['keys']} passkeys "
-        "each ...")
-    try:
-        samples = passkey_samples(tok, n=opts["samples"], length=opts["length"], keys=opts["keys"], text=text,
-                                  seed=args.seed)
-    except (TypeError, ValueError) as e:
-        raise CLIError(f"cannot build calibration prompts: {e}") from None
+            raise CLIError(f"cannot build calibration prompts: {e}") from None
     gate_options = {k: v for k, v in (("steps", args.steps), ("granularity", args.granularity)) if v is not None}
     say(f"profiling with method={opts['method']!r} ...")
     batch = opts["batch"]
-    scores = profile(model, tok, method=opts["method"], data=samples, sink=args.sink, window=args.window,
-                     seed=args.seed, progress=True, batch_size=batch, **gate_options)
+    try:
+        scores = profile(model, tok, method=opts["method"], data=samples, length=opts["length"],
+                         samples=opts["samples"], text=text, sink=args.sink, window=args.window, seed=args.seed,
+                         progress=True, batch_size=batch, **gate_options)
+    except (TypeError, ValueError) as e:
+        if samples is not None:  # the other methods' errors are not about their prompts
+            raise
+        raise CLIError(f"cannot build calibration prompts: {e}") from None
     if args.scores_out:
         scores.save(args.scores_out)
     plan = solve(scores, **solve_kw)
