@@ -56,17 +56,17 @@ def profile(model, tokenizer=None, *, method: str | None = None, data: list[Samp
     allowed = {"gates": None, "robust": {"keep", "candidates"}, "attention": set()}[method]
     if allowed is not None and set(gate_options) - allowed:
         raise TypeError(f"unexpected options for method={method!r}: {', '.join(sorted(set(gate_options) - allowed))}")
+    length = preset["length"] if length is None else length
+    samples = preset["samples"] if samples is None else samples
+    if data is None and tokenizer is None:
+        raise ValueError("profile needs a tokenizer to build calibration data (or pass data=)")
     info = describe(model)
     if method == "robust":
-        return _robust(model, tokenizer, info, data, sink, window, preset["length"] if length is None else length,
-                       preset["samples"] if samples is None else samples, text, seed, batch_size, progress,
+        return _robust(model, tokenizer, info, data, sink, window, length, samples, text, seed, batch_size, progress,
                        gate_options)
     if data is None:
-        if tokenizer is None:
-            raise ValueError("profile needs a tokenizer to build calibration data (or pass data=)")
-        data = passkey_samples(tokenizer, n=preset["samples"] if samples is None else samples,
-                               length=preset["length"] if length is None else length,
-                               keys=preset["keys"] if keys is None else keys, text=text, seed=seed)
+        data = passkey_samples(tokenizer, n=samples, length=length, keys=preset["keys"] if keys is None else keys,
+                               text=text, seed=seed)
     if not data:
         raise ValueError("profile needs at least one calibration sample")
     start = time.perf_counter()
@@ -93,8 +93,6 @@ def _robust(model, tokenizer, info, data, sink, window, length, samples, text, s
         data = {"data": data}
     valid = None
     if data is None:
-        if tokenizer is None:
-            raise ValueError("profile needs a tokenizer to build calibration data (or pass data=)")
         data = calibration_groups(tokenizer, lengths=sorted({length // 2, length}), samples=samples, text=text,
                                   seed=seed)
         valid = calibration_groups(tokenizer, lengths=(length,), samples=samples, text=text, seed=seed + 1)
