@@ -111,6 +111,19 @@ def test_answer_formats(tok):
     assert tuple(w for _, w in counts[:3]) == c.answers and counts[2][0] > counts[3][0]
 
 
+def test_common_words_small_vocabulary(tok):
+    # 60 distinct words cannot fill a 1k-token list at 1-3 repetitions each: fillers repeat more often, and the
+    # common words still lead, strictly, most frequent first
+    text = " ".join(f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(60))
+    for c in make("commonwords", tok, 1024, seed=1, n=2, text=text):
+        words = tok.decode(c.input_ids).split("\n\n", 1)[1].split("\nQuestion:")[0].strip().split("\n")
+        counts = sorted(((words.count(w), w) for w in set(words)), reverse=True)
+        assert tuple(w for _, w in counts[:3]) == c.answers and counts[2][0] > counts[3][0] > 3
+        assert 900 < len(c) <= 1024
+    with pytest.raises(ValueError, match="too few distinct words"):
+        make("commonwords", tok, 1024, text="alpha beta gamma")
+
+
 def test_needle_depth(tok):
     def where(depth):
         (s,) = make("niah", tok, 448, depth=depth, seed=3)

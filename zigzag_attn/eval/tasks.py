@@ -11,6 +11,7 @@ haystack defaults to the held-out evaluation novels, so a plan is not evaluated 
 
 from __future__ import annotations
 
+import math
 import random
 import re
 
@@ -138,7 +139,9 @@ def common_words(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | 
     """RULER common-words extraction: a list of words where `top` words appear many times (10, 8, 6, ... times)
     and the rest 1-3 times; the answer lists the `top` most common words, most frequent first.
 
-    Words are drawn from `text` (default: the evaluation novels); the list replaces the haystack.
+    Words are drawn from `text` (default: the evaluation novels); the list replaces the haystack. Where the text
+    has too few distinct words to fill `length` that way, fillers repeat up to R > 3 times and the common words
+    R + 3, R + 5, ... times, so the most common words stay unambiguous.
     """
     if top < 1:
         raise ValueError(f"top must be >= 1; got {top!r}")
@@ -149,19 +152,24 @@ def common_words(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | 
     question = (f"\nQuestion: What are the {top} most common words in the list above, most frequent first? "
                 f"Answer: The {top} most common words in the list are")
     out = []
+    if len(pool) <= top:
+        raise ValueError(f"the text has too few distinct words ({len(pool)}) for {top} common words")
+    per = len(ids(tokenizer, "\n".join(pool[:: max(1, len(pool) // 200)]))) / len(pool[:: max(1, len(pool) // 200)])
     for _ in range(_count(n)):
         words = rng.sample(pool, len(pool))
         common = words[:top]
         budget = length - overhead(tokenizer, WORDS_INTRO, [], question, common)
-        order = _word_list(tokenizer, common, iter(words[top:]), budget, rng)
+        # fillers appear (R + 1) / 2 times on average; 3 unless the pool is too small for the list
+        most = max(3, math.ceil(2 * 1.15 * (budget / per) / (len(pool) - top) - 1))
+        order = _word_list(tokenizer, common, iter(words[top:]), budget, rng, most)
         out.append(labelled(tokenizer, WORDS_INTRO + "\n".join(order) + "\n" + question, common, ()))
     return out
 
 
-def _word_list(tok, common: list[str], fillers, budget: int, rng: random.Random) -> list[str]:
-    """Shuffled list: `common[i]` `6 + 2 * (len(common) - 1 - i)` times, fillers 1-3 times each, filled to just
-    under `budget` tokens (joined by newlines)."""
-    order = [w for i, w in enumerate(common) for _ in range(6 + 2 * (len(common) - 1 - i))]
+def _word_list(tok, common: list[str], fillers, budget: int, rng: random.Random, most: int = 3) -> list[str]:
+    """Shuffled list: `common[i]` `most + 3 + 2 * (len(common) - 1 - i)` times, fillers 1 to `most` times each,
+    filled to just under `budget` tokens (joined by newlines)."""
+    order = [w for i, w in enumerate(common) for _ in range(most + 3 + 2 * (len(common) - 1 - i))]
     rng.shuffle(order)
     if len(ids(tok, "\n".join(order))) > budget:
         raise ValueError(f"length is too small for a list of {len(common)} common words")
@@ -170,11 +178,11 @@ def _word_list(tok, common: list[str], fillers, budget: int, rng: random.Random)
         per = size / len(order)  # tokens per entry
         if budget - size < 2 * per + 2:
             break
-        for _ in range(max(1, int(0.9 * (budget - size) / per / 2))):  # a filler appears twice on average
+        for _ in range(max(1, int(0.9 * (budget - size) / per / ((most + 1) / 2)))):  # (most + 1) / 2 on average
             word = next(fillers, None)
             if word is None:
                 raise ValueError(f"the text has too few distinct words for a {budget}-token word list")
-            for _ in range(rng.randint(1, 3)):
+            for _ in range(rng.randint(1, most)):
                 order.insert(rng.randrange(len(order) + 1), word)
     while True:  # drop filler entries from the end (never a common word) until the list fits
         extra = len(ids(tok, "\n".join(order))) - budget
