@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import random
 import shlex
 import sys
@@ -34,22 +36,21 @@ from zigzag_attn.data.texts import load_text
 from zigzag_attn.eval import all_streaming, random_sets
 from zigzag_attn.eval.tasks import make
 from zigzag_attn.model_info import describe
-from zigzag_attn.models import load
+from zigzag_attn.models import load, load_tokenizer
 from zigzag_attn.profile import measure
 
 RATIOS = (0.5, 0.33, 0.25)
 GENRES = ("technical", "legal")
 FULL = dict(length=8192, samples=4, candidates=6, gate_steps=100, gate_len=4096, lengths=(4096, 8192, 16384, 32768),
-            n=24, tokens_per_batch=65536, randoms=5, sink=64, window=256)
-SMOKE = dict(length=512, samples=1, candidates=2, gate_steps=3, gate_len=512, lengths=(384, 512), n=2,
-             tokens_per_batch=2048, randoms=2, sink=4, window=32)
+            n=24, randoms=5, sink=64, window=256)
+SMOKE = dict(length=512, samples=1, candidates=2, gate_steps=3, gate_len=512, lengths=(384, 512), n=2, randoms=2,
+             sink=4, window=32)
 TASKS = ("multikey", "multivalue", "vartrack", "niah", "passkey", "commonwords")
-NEEDLES = TASKS[:4]
 PRIORITY = [  # (policies, tasks) chunks, most needed first; every length of --lengths
     (["full", "zigzag@0.5", "duo@0.5", "streaming", "zigzag@0.25", "duo@0.25"], TASKS),
-    ([f"random-{i}@0.5" for i in range(1, 6)], NEEDLES),
+    ([f"random-{i}@0.5" for i in range(1, 6)], TASKS),
     (["zigzag@0.33", "duo@0.33", "ablation@0.5", "ablation@0.25"], TASKS),
-    ([f"random-{i}@0.25" for i in range(1, 6)], NEEDLES),
+    ([f"random-{i}@0.25" for i in range(1, 6)], TASKS),
 ]
 
 
@@ -58,10 +59,26 @@ def log(msg: str) -> None:
 
 
 def load_model(args):
+    """The model and tokenizer; with --cache, from (or else saved to) a plain copy there: later calls on the same
+    machine skip the GGUF de-quantisation (about a minute for the 0.5B)."""
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    model, tok = load(args.model, dtype=dtype, device=args.device)
+    cached = args.cache and (Path(args.cache) / "config.json").exists()
+    model, tok = load(args.cache if cached else args.model, dtype=dtype, device=args.device)
+    if args.cache and not cached:  # the weights are de-quantised already; only the GGUF marker blocks saving
+        quantizer, model.hf_quantizer = getattr(model, "hf_quantizer", None), None
+        qc = model.config.__dict__.pop("quantization_config", None)
+        model.save_pretrained(args.cache)
+        model.hf_quantizer = quantizer
+        if qc is not None:
+            model.config.quantization_config = qc
+        tok.save_pretrained(args.cache)
     model.config.name_or_path = args.name  # plans record the alias, not the machine's path
     return model, tok
+
+
+def tokenizer_of(args):
+    cached = args.cache and (Path(args.cache) / "config.json").exists()
+    return load_tokenizer(args.cache if cached else args.model)
 
 
 def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
@@ -124,25 +141,40 @@ def _plan_file(state: Path, r: float) -> Path:
     return found[0]
 
 
-def prompts(cfg, tok, tasks, lengths) -> dict[tuple[str, int], list]:
-    texts = {g: load_text(split=g) for g in GENRES}
-    cells = {}
-    for task in tasks:
-        for n in lengths:
-            cells[task, n] = [s for g in GENRES for s in make(task, tok, n, n=cfg["n"], text=texts[g],
-                                                              seed=random.Random(f"{task}/{n}/{g}").randrange(2**31),
-                                                              depth=None)]
+def prompts(cfg, tok, tasks, lengths, workers: int = 1) -> dict[tuple[str, int], list]:
+    """Every (task, length) cell: cfg["n"] prompts of each genre, the first genre's first. Built in `workers`
+    forked processes (call it before CUDA is touched); the prompts do not depend on how they were built."""
+    jobs = [(task, n, g) for task in tasks for n in lengths for g in GENRES]
+    global _TOK, _N
+    _TOK, _N = tok, cfg["n"]
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            made = pool.map(_cell, jobs, chunksize=1)
+    else:
+        made = list(map(_cell, jobs))
+    cells: dict[tuple[str, int], list] = {}
+    for (task, n, _), samples in zip(jobs, made, strict=True):
+        cells.setdefault((task, n), []).extend(samples)
     return cells
 
 
-def evaluate(args, cfg, model, tok, state: Path, out: Path) -> None:
+_TOK, _N = None, 0  # what forked prompt builders read
+
+
+def _cell(job):
+    task, n, genre = job
+    return make(task, _TOK, n, n=_N, text=load_text(split=genre),
+                seed=random.Random(f"{task}/{n}/{genre}").randrange(2**31), depth=None)
+
+
+def evaluate(args, cfg, model, tok, state: Path, out: Path, cache: dict) -> None:
+    """Every policy on the prompts of `cache` ((task, length) -> samples), in PRIORITY order, until --deadline."""
     plans = policies(cfg, model, state)
     last = 0.0  # seconds the last chunk took
     done = set()
     for f in (state / "matrix.jsonl",):
         if f.exists():
             done |= {(r["policy"], r["task"], r["length"]) for r in map(json.loads, f.read_text().splitlines())}
-    cache: dict = {}
     lengths = list(cfg["lengths"])
     for names, tasks in PRIORITY:
         for name in names:
@@ -160,10 +192,8 @@ def evaluate(args, cfg, model, tok, state: Path, out: Path) -> None:
                     continue
                 t = time.perf_counter()
                 for n in todo:
-                    if (task, n) not in cache:
-                        cache.update(prompts(cfg, tok, [task], [n]))
                     samples = cache[task, n]
-                    batch = max(1, cfg["tokens_per_batch"] // n)
+                    batch = max(1, args.batch_tokens // n)  # 1 (the default): no padding, no mask
                     m = measure(model, samples, plan, batch_size=batch)
                     row = {"model": args.name, "policy": name, "task": task, "length": n, "prompts": len(samples),
                            "answers": len(m.correct), "correct": sum(m.correct), "accuracy": m.accuracy,
@@ -209,6 +239,10 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, help="robust profile: layers tried per greedy round (default 6)")
     ap.add_argument("--n", type=int, help="eval prompts per genre and cell (default 24: n = 48 per cell)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--cache", help="a directory for a plain bf16 copy of the model (made by the first call)")
+    ap.add_argument("--batch-tokens", type=int, default=0, help="eval: prompts per forward = this // length "
+                    "(left-padded, masked); default 0: one prompt per forward, unpadded (flash kernels)")
+    ap.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1), help="eval: prompt builders")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     cfg = dict(SMOKE if args.smoke else FULL)
@@ -224,9 +258,17 @@ def main() -> None:
     state.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
+    if args.command == "calibrate":
+        model, tok = load_model(args)
+        log(f"loaded {args.name} in {time.perf_counter() - t:.1f} s on {args.device}")
+        return calibrate(args, cfg, model, tok, state, out)
+    tasks = [t for t in TASKS if not args.tasks or t in args.tasks.split(",")]
+    cells = prompts(cfg, tokenizer_of(args), tasks, cfg["lengths"], args.workers)
+    log(f"{sum(map(len, cells.values()))} prompts built in {time.perf_counter() - t:.1f} s ({args.workers} workers)")
+    t = time.perf_counter()
     model, tok = load_model(args)
     log(f"loaded {args.name} in {time.perf_counter() - t:.1f} s on {args.device}")
-    (calibrate if args.command == "calibrate" else evaluate)(args, cfg, model, tok, state, out)
+    evaluate(args, cfg, model, tok, state, out, cells)
 
 
 if __name__ == "__main__":

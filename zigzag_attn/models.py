@@ -86,10 +86,10 @@ def load(model: str, *, dtype=None, device: str | None = None, config=None):
     config: the model's config when already read (`read_config`), else read here.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     folder, kwargs = _located(model)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+    tokenizer = load_tokenizer(model)
     lm = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32,
                                               config=config, **kwargs)
     if model in ALIASES:
@@ -97,6 +97,14 @@ def load(model: str, *, dtype=None, device: str | None = None, config=None):
     if device:
         lm = lm.to(device)
     return lm.eval(), tokenizer
+
+
+def load_tokenizer(model: str):
+    """The tokenizer alone (a local directory, a `.gguf` file or an alias), offline."""
+    from transformers import AutoTokenizer
+
+    folder, kwargs = _located(model)
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
 
 
 def _located(model: str) -> tuple[Path, dict]:
