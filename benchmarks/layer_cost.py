@@ -1,6 +1,7 @@
 """Measured per-layer attention cost (decode step and prefill) for `zigzag_attn.CostModel`.
 
     python benchmarks/layer_cost.py --out DIR [--shapes llama3-8b,qwen2.5-coder-0.5b] [--contexts 4096,...]
+    python benchmarks/layer_cost.py --out DIR --phases prefill --append   # add to DIR/<device-slug>.json
     python benchmarks/layer_cost.py --out DIR --smoke        # CPU, tiny sizes: checks the logic, not the speed
 
 What is timed: the attention module (`self_attn`: q/k/v projections, RoPE, cache write, the plan's attention
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--max-seconds", type=float, default=100,
                     help="skip the points that would start after this many seconds (a point is never cut short)")
+    ap.add_argument("--append", action="store_true", help="add to the figures already in the output file")
     ap.add_argument("--smoke", action="store_true", help=f"tiny CPU run: {SMOKE}")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -235,6 +237,10 @@ def run(args, shapes: list[str], argv: list[str]) -> Path:
         "transformers": transformers.__version__, "late_samples": 0, "skipped": [], "failed": [],
         "shapes": {s: dict(zip(("num_heads", "num_kv_heads", "head_dim", "hidden_size", "bias"), SHAPES[s],
                                strict=True)) for s in shapes}})
+    if args.append and path.is_file():  # keep the figures of an earlier run (other phases or shapes)
+        old = CostModel.load(path)
+        cost.points = {k: list(v) for k, v in old.points.items()}
+        cost.meta["earlier_runs"] = [*old.meta.pop("earlier_runs", []), old.meta]
     print(f"{'shape':>20} {'phase':>7} {'B':>2} {'N':>7}  attention module per layer, us (h retrieval of H)")
     for phase in args.phases.split(","):
         contexts = args.contexts if phase == "decode" else args.prefill_contexts
@@ -263,7 +269,8 @@ def run(args, shapes: list[str], argv: list[str]) -> Path:
                         torch.cuda.empty_cache()
                         continue
                     for h, sec in zip(hs, got, strict=True):
-                        cost.points.setdefault((phase, b, h, H, d), []).append((n, round(sec, 9)))
+                        pts = cost.points.setdefault((phase, b, h, H, d), [])
+                        pts[:] = sorted([(m, x) for m, x in pts if m != n] + [(n, round(sec, 9))])
                     cost.meta["late_samples"] += runner.late
                     cost.meta["seconds"] = round(time.perf_counter() - START, 1)
                     cost.save(path)  # after every point: a run cut short keeps what it measured

@@ -43,3 +43,13 @@ def test_smoke_run_writes_a_loadable_cost_file(tmp_path):
         else:
             assert cost.prefill(h, H, context_length=n, batch=b, head_dim=d) == t
     assert CostModel.for_device("cpu", directory=tmp_path).points == cost.points
+
+
+def test_append_keeps_the_figures_of_an_earlier_run(tmp_path):
+    layer_cost.main(["--out", str(tmp_path), "--smoke", "--phases", "decode"])
+    decode = CostModel.load(tmp_path / "cpu.json").points
+    assert {k[0] for k in decode} == {"decode"}
+    layer_cost.main(["--out", str(tmp_path), "--smoke", "--phases", "prefill", "--append"])
+    both = CostModel.load(tmp_path / "cpu.json")
+    assert {k: v for k, v in both.points.items() if k[0] == "decode"} == decode
+    assert {k[0] for k in both.points} == {"decode", "prefill"} and len(both.meta["earlier_runs"]) == 1
