@@ -126,18 +126,52 @@ def settings() -> dict:
     return out
 
 
+def guard_count() -> dict:
+    """Per code object dynamo compiled: its cache entries' leaf guards (a call runs an entry's guards, most recent
+    entry first, until one passes; every compiled model call shares one code object). Empty where this torch
+    lacks the API."""
+    try:
+        from torch._dynamo.convert_frame import input_codes
+        from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+        out = {}
+        for ref in input_codes.seen:
+            code = ref()
+            leaves = []
+            for entry in _debug_get_cache_entry_list(code) if code is not None else []:
+                stack, n = [entry.guard_manager.root], 0
+                while stack:
+                    m = stack.pop()
+                    n += len(m.get_leaf_guards())
+                    stack += m.get_child_managers()
+                leaves.append(n)
+            if leaves:
+                out[f"{Path(code.co_filename).name}:{code.co_name}"] = leaves
+        return out
+    except (ImportError, AttributeError, TypeError) as e:
+        return {"unavailable": f"{type(e).__name__}: {e}"[:160]}
+
+
+ROUNDS = 4
+
+
 def analyse(call, cache, steps: int = 20) -> dict:
     """Host time of the compiled `call` (one decode step on `cache`, already warm): plain, by group, per setting."""
     counters = torch._dynamo.utils.counters
     graphs = counters["stats"]["unique_graphs"]
-    out = {"host": host_ms(call, steps), "profile": profile_groups(call, steps), "settings": {}}
-    state = state_tensors(cache)
+    out = {"host": host_ms(call, steps), "profile": profile_groups(call, steps), "settings": {},
+           "guards": guard_count()}
+    state, made = state_tensors(cache), {k: v for k, v in settings().items() if v is not None}
+    got: dict[str, list[float]] = {name: [] for name in made}
+    for _ in range(ROUNDS):  # the settings interleaved, so that drift in the machine's load hits all alike
+        for name, make in made.items():
+            with make():
+                got[name].append(host_ms(call, max(1, steps // ROUNDS))["ms"])
     for name, make in settings().items():
         if make is None:
             out["settings"][name] = {"unavailable": "this torch's set_stance lacks it"}
             continue
-        with make():
-            timed = host_ms(call, steps)
+        timed = {"ms": statistics.median(got[name]), "rounds": got[name]}
         saved = [t.clone() for t in state]  # the same step twice: the default's logits, then the setting's
         reference = logits_from(call, state, saved)
         with make():

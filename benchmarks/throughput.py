@@ -197,7 +197,10 @@ class Point:
         cache = self.filled_cache(batch)
         mode, fallback, first_s, compiled = "eager", None, None, None
         call = lambda: self.step(cache, batch)  # noqa: E731
-        if self.compiled:
+        left = self.deadline - time.time()
+        if self.compiled and left < self.args.compile_min_s:
+            fallback = f"not compiled: {left:.0f} s of --budget-s left, below --compile-min-s"
+        elif self.compiled:
             cfg = CompileConfig(dynamic=self.args.dynamic, backend=self.args.backend,
                                 mode="reduce-overhead" if self.args.backend == "inductor" else None)
             tok = torch.randint(10, 1000, (batch, 1), device=DEVICE)
@@ -205,7 +208,7 @@ class Point:
             compiled = lambda: fn(input_ids=tok, use_cache=True, **{self.bench.cache_kw: cache})  # noqa: E731
             t = time.time()
             try:
-                with time_limit(min(self.args.compile_limit_s, max(5.0, self.deadline - t))):
+                with time_limit(min(self.args.compile_limit_s, left)):
                     for _ in range(WARM):
                         run_step(compiled)
                     sync()
@@ -278,6 +281,8 @@ def main() -> None:
                     help="torch.compile backend (inductor: what generate uses; eager: dynamo only, for CPU checks)")
     ap.add_argument("--dynamic", choices=("auto", "true"), default="auto")
     ap.add_argument("--compile-limit-s", type=float, default=150, help="fall back to eager past this")
+    ap.add_argument("--compile-min-s", type=float, default=45,
+                    help="with less of --budget-s left than this, decode eager without trying to compile")
     ap.add_argument("--mem-gb", type=float, help="pretend the device holds this many GB (weights included)")
     ap.add_argument("--margin-gb", type=float, default=1.0, help="kept free beyond the measured workspaces")
     ap.add_argument("--host-time", action="store_true", help="analyse zigzag's compiled step's host time")

@@ -50,12 +50,14 @@ def host_table(rows: list[dict]) -> str:
     h = host[-1]
     lines = [f"host time, {h['policy']} compiled at N={h['n']}, B={h['batch']}: {h['host']['ms']:.3f} ms per step "
              f"(p10 {h['host']['p10']:.3f}, p90 {h['host']['p90']:.3f}); recompiles during the analysis: "
-             f"{h['recompiles']}", "", "| group (cProfile, tottime) | ms/step | share |", "|---|---|---|"]
+             f"{h['recompiles']}; dynamo cache entries' leaf guards: {h.get('guards')}; guard ms estimate "
+             f"(default - skip_guard_eval_unsafe): {fmt(h.get('guard_ms_estimate'), 3)}",
+             "", "| group (cProfile, tottime) | ms/step | share |", "|---|---|---|"]
     lines += [f"| {g} | {v['ms']:.3f} | {v['share']:.0%} |" for g, v in h["profile"]["groups"].items()]
-    lines += ["", "| setting | host ms | p10 | p90 | same logits |", "|---|---|---|---|---|"]
+    lines += ["", "| setting | host ms (median of rounds) | rounds | same logits |", "|---|---|---|---|"]
     for name, s in h["settings"].items():
-        lines.append(f"| {name} | " + (f"{s['ms']:.3f} | {s['p10']:.3f} | {s['p90']:.3f} | {s['same_logits']} |"
-                                       if "ms" in s else f"{s['unavailable']} | | | |"))
+        lines.append(f"| {name} | " + (f"{s['ms']:.3f} | {' '.join(f'{x:.2f}' for x in s['rounds'])} | "
+                                       f"{s['same_logits']} |" if "ms" in s else f"{s['unavailable']} | | |"))
     return "\n".join(lines)
 
 
