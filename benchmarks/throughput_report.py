@@ -81,15 +81,19 @@ def plot(rows: list[dict], png: str) -> None:
             bars = ax.bar(xs, v, width, label=p)
             ax.bar_label(bars, fmt="%.0f", fontsize=7)
     for ax, title in zip(axes, ("largest batch", "decode tokens/s at that batch", "peak memory GB"), strict=True):
-        ax.set_xticks([j + width * (len(policies) - 1) / 2 for j in range(len(ns))], [f"{n // 1024}k" for n in ns])
+        ax.set_xticks([j + width * (len(policies) - 1) / 2 for j in range(len(ns))], [label(n) for n in ns])
         ax.set_title(title)
-    modes = sorted({f"{n // 1024}k: {r['mode']}" for (p, n), r in decode.items()})
+    modes = sorted({f"{label(n)}: {r['mode']}" for (p, n), r in decode.items()})
     axes[0].legend()
     fig.suptitle("throughput at the memory limit (policies run one after another); decode " + ", ".join(modes),
                  fontsize=9)
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
+
+
+def label(n: int) -> str:
+    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
 
 def report(rows: list[dict], png: str | None = None) -> str:
