@@ -227,7 +227,10 @@ class Point:
                "first_call_s": first_s, "cache_GB": self.bench.cache_bytes(cache) / 1e9, "peak_GB": peak / 1e9}
         if mode == "compiled" and self.args.host_time and self.policy == "zigzag" and not self.bench.host_done:
             self.bench.host_done = True
-            self.emit("host", batch=batch, **analyse(compiled, cache, self.args.host_steps))
+            try:
+                self.emit("host", batch=batch, **analyse(compiled, cache, self.args.host_steps))
+            except Exception as e:  # noqa: BLE001 - the decode row must still be written
+                self.emit("host", batch=batch, failed=f"{type(e).__name__}: {str(e)[:300]}")
         self.emit("decode", **row)
         cache = call = compiled = None  # the closures hold the cache through this cell
         if mode == "compiled":

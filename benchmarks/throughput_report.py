@@ -48,6 +48,8 @@ def host_table(rows: list[dict]) -> str:
     if not host:
         return ""
     h = host[-1]
+    if "failed" in h:
+        return f"host time analysis failed: {h['failed']}"
     lines = [f"host time, {h['policy']} compiled at N={h['n']}, B={h['batch']}: {h['host']['ms']:.3f} ms per step "
              f"(p10 {h['host']['p10']:.3f}, p90 {h['host']['p90']:.3f}); recompiles during the analysis: "
              f"{h['recompiles']}; dynamo cache entries' leaf guards: {h.get('guards')}; guard ms estimate "

@@ -63,3 +63,10 @@ def test_compiled_step_and_host_time(tmp_path):
     for name, s in host["settings"].items():
         assert "unavailable" in s or s["same_logits"], name
     assert host["settings"]["default"]["same_logits"]
+
+
+def test_compile_past_its_limit_falls_back_to_eager(tmp_path):
+    rows = run(tmp_path, "--policies", "zigzag", "--compiled-contexts", "512", "--backend", "eager",
+               "--compile-limit-s", "0.05")
+    decode = rows_of(rows, "decode")["zigzag"]
+    assert decode["mode"] == "eager" and "TimeoutError" in decode["fallback"]
