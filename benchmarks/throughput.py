@@ -31,6 +31,7 @@ import signal
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -326,8 +327,9 @@ def main() -> None:
                 continue
             try:
                 rows[policy, n] = Point(bench, policy, n, n in compiled, start + args.budget_s).run()
-            except torch.OutOfMemoryError as e:
-                bench.emit({"part": "skipped", "policy": policy, "n": n, "why": f"OOM: {str(e)[:160]}"})
+            except Exception as e:  # noqa: BLE001 - one GPU call: record the point's failure, go on to the next
+                bench.emit({"part": "skipped", "policy": policy, "n": n, "why": f"{type(e).__name__}: {str(e)[:300]}",
+                            "where": traceback.format_exc()[-600:]})
                 bench.reset_compiled()
     for row in ratios(rows):
         bench.emit(row)
