@@ -90,7 +90,7 @@ def cuda_ms(fn) -> float:
 
 
 class Bench:
-    def __init__(self, args, policies: list[str]):
+    def __init__(self, args, policies: list[str], log_name: str = "bench.jsonl"):
         self.args = args
         t = time.time()
         if args.model:  # real weights: an alias, a GGUF file or a local directory
@@ -112,7 +112,7 @@ class Bench:
         self.cache_kw = cache_arg(base.forward)
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.log = (self.out / "bench.jsonl").open("a")
+        self.log = (self.out / log_name).open("a")
         gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
         self.emit({"part": "machine", "gpu": gpu, "torch": torch.__version__,
                    "transformers": __import__("transformers").__version__, "copy_TBps": self.bw / 1e12,

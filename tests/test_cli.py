@@ -93,6 +93,7 @@ def scored_plan(tmp_path) -> Path:
       "--method", "gates", "--granularity", "head", "--refine"], "--refine"),
     (["calibrate", "m", "--out", "p.json", "--latency-budget", "0.01"], "--latency-budget"),
     (["calibrate", "m", "--out", "p.json", "--latency-budget", "0"], "--latency-budget"),
+    (["calibrate", "m", "--out", "p.json", "--cost", "c.json"], "--cost"),
     (["calibrate", "m", "--out", "/no/such/dir/p.json"], "--out"),
     (["calibrate", "m", "--out", "p.json", "--data", "/no/such/text.txt"], "--data"),
     (["calibrate", "m", "--out", "p.json", "--dtype", "float8"], "--dtype"),
@@ -233,6 +234,22 @@ def test_calibrate_hybrid_latency_checked_before_the_weights_load(capsys, tiny_d
                        "--granularity", "head", "--kv-budget", "0.5", "--context-length", "2048", "--max-mixed", "1",
                        "--latency-budget", "1e-9")
     assert code == 2 and "argument --latency-budget: latency_budget=1e-09 s is infeasible" in err
+
+
+def test_calibrate_latency_budget_uses_the_cost_file(capsys, tiny_dir, tmp_path, no_weights):
+    """--cost FILE replaces the bytes-read model: 1 ms per step is ample for the bytes model of 4 small layers
+    (the run would go on to load the weights) but infeasible with these (made-up) 1 s layers."""
+    cost = tmp_path / "cost.json"
+    zz.CostModel(points={("decode", 1, h, 2, 8): [(2048, 1.0)] for h in range(3)}).save(cost)
+    argv = ["calibrate", str(tiny_dir), "--out", str(tmp_path / "p.json"), "--method", "gates", "--granularity",
+            "head", "--kv-budget", "0.5", "--context-length", "2048", "--max-mixed", "1", "--latency-budget", "1e-3"]
+    code, _, err = run(capsys, *argv, "--cost", str(cost))
+    assert code == 2 and f"latency model: measured: {cost} (--cost)" in err and "is infeasible" in err
+    code, _, err = run(capsys, *argv, "--cost", str(tmp_path / "none.json"))
+    assert code == 2 and "argument --cost: no cost file" in err
+    with pytest.raises(AssertionError, match="the weights were loaded"):  # the bytes model: feasible
+        run(capsys, *argv)
+    assert "latency model: " in capsys.readouterr().err
 
 
 def test_calibrate_robust(capsys, tiny_dir, tmp_path):

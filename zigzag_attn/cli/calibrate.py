@@ -38,7 +38,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                      "(zz.solve_hybrid; 0 gives the layer-exclusive plan)")
     cal.add_argument("--latency-budget", type=float_arg(0, 3600, "a number of seconds in (0, 3600]", open_lo=True),
                      metavar="S", help="with --max-mixed: predicted attention seconds per decode step at most S "
-                     "(bytes-read model of the H200, zigzag_attn.cost)")
+                     "(the measured figures shipped for this CUDA GPU, else the bytes-read model of the H200; "
+                     "zigzag_attn.cost)")
+    cal.add_argument("--cost", metavar="COST.json", help="with --latency-budget: predict latency from this cost "
+                     "file (written by benchmarks/layer_cost.py) instead of the one shipped for this GPU")
     cal.add_argument("--sink", type=int_arg(0), default=64, help="sink tokens (default 64)")
     cal.add_argument("--window", type=int_arg(1), default=256, help="window tokens (default 256)")
     cal.add_argument("--data", nargs="+", metavar="DIR_OR_FILE",
@@ -77,7 +80,7 @@ def run(args, argv: list[str]) -> int:
     opts = _options(args)
     solve_kw = dict(opts["constraint"], sink=args.sink, window=args.window)
     if args.max_mixed is not None:
-        solve = _hybrid(args)
+        solve = _hybrid(args, _cost(args))
     try:
         text = load_text(args.data) if args.data else None
     except (FileNotFoundError, ValueError) as e:
@@ -168,6 +171,8 @@ def _options(args) -> dict[str, Any]:
         if args.refine:
             raise UsageError("argument --refine: not used with --method robust (it is a measured greedy search)")
         opts["refine"] = False
+    if args.cost is not None and args.latency_budget is None:
+        raise UsageError("argument --cost: only used with --latency-budget")
     if args.latency_budget is not None and args.max_mixed is None:
         raise UsageError("argument --latency-budget: only used with --max-mixed")
     if args.max_mixed is not None:
@@ -212,10 +217,28 @@ def _save(args, argv: list[str], plan, start: float, extra: dict[str, Any], opts
     return 0
 
 
-def _hybrid(args):
+def _cost(args):
+    """The cost model for --latency-budget (None without one): --cost FILE, else the figures for this GPU."""
+    from ..cost import CostModel
+
+    if args.latency_budget is None:
+        return None
+    if args.cost is None:
+        cost = CostModel.for_device()
+    else:
+        try:
+            cost = CostModel.load(args.cost)
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(f"argument --cost: {e}") from None
+        cost.source = f"measured: {args.cost} (--cost)"
+    say(f"latency model: {cost.source}")
+    return cost
+
+
+def _hybrid(args, cost):
     """`solve` for --max-mixed: the same keyword arguments, answered by zz.solve_hybrid."""
     from ..solve_hybrid import solve_hybrid
 
     def solve(scores, **kw):
-        return solve_hybrid(scores, max_mixed=args.max_mixed, latency_budget=args.latency_budget, **kw)
+        return solve_hybrid(scores, max_mixed=args.max_mixed, latency_budget=args.latency_budget, cost=cost, **kw)
     return solve
