@@ -4,6 +4,10 @@
 #   bash experiments/gpu_session.sh q05      # Qwen2.5-Coder-0.5B: calibrate, then evaluate until the call's deadline
 #   bash experiments/gpu_session.sh q15      # 1.5B: calibrate, prefill/eager speed, then evaluate until the deadline
 #   bash experiments/gpu_session.sh more05   # 0.5B: continue the evaluation (finished rows are skipped)
+#   bash experiments/gpu_session.sh eval05   # 0.5B: evaluate every policy afresh with the recorded plans and scores
+#                                            # (one unpadded prompt per forward); a later call continues
+#   bash experiments/gpu_session.sh bench8b  # random-weight Llama-3-8B shape: per-layer cost JSON (layer_cost.py),
+#                                            # throughput at the memory limit and host time (throughput.py)
 # State (plans, scores, finished rows) stays under /root/zz-state while the machine is held; results go to $OUT.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -27,5 +31,16 @@ case $1 in
       --zigzag-plan $S/q15/qwen2.5-coder-1.5b_0.5.json --parts prefill,eager --contexts 8192,32768 --batches 1,8 \
       --prefill-max-tokens 262144 --policies full,mixed,zigzag --out $OUT/q15bench 2>&1 | tail -40 | tee -a $OUT/q15/log.txt
     python experiments/gpu_accuracy.py eval "${q15[@]}" --deadline $end 2>&1 | grep -v Warning | tee -a $OUT/q15/log.txt ;;
-  *) echo "usage: gpu_session.sh q05|q15|more05" >&2; exit 2 ;;
+  eval05)
+    [ -f $S/q05/head_scores.json ] || { mkdir -p $S/q05 && cp docs/results/qwen/*.json $S/q05/; }
+    python experiments/gpu_accuracy.py eval "${q05[@]}" --cache $M/q05-bf16 --deadline $end 2>&1 | grep -v Warning \
+      | tee -a $OUT/q05/log.txt ;;
+  bench8b)
+    timeout 115 python benchmarks/layer_cost.py --out $OUT --max-seconds 75 2>&1 | grep -vi warning | tail -70
+    timeout 345 python benchmarks/throughput.py --contexts 32768,8192,131072 --compiled-contexts 32768 \
+      --policies zigzag,mixed,full --host-time --budget-s 285 --compile-limit-s 170 --compile-min-s 45 --out $OUT \
+      > $OUT/throughput_log.txt 2>&1; echo "throughput rc=$?"
+    grep -v '^{' $OUT/throughput_log.txt | grep -E "Traceback|Error" | tail -8
+    python benchmarks/throughput.py --report $OUT/throughput.jsonl --png $OUT/throughput.png ;;
+  *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b" >&2; exit 2 ;;
 esac
