@@ -175,8 +175,13 @@ def analyse(call, cache, steps: int = 20) -> dict:
         saved = [t.clone() for t in state]  # the same step twice: the default's logits, then the setting's
         reference = logits_from(call, state, saved)
         with make():
-            same = torch.equal(logits_from(call, state, saved), reference)
-        out["settings"][name] = {**timed, "same_logits": same}
+            got_logits = logits_from(call, state, saved)
+        # bit-identical, NaN == NaN (random weights can overflow); the largest difference says how far apart
+        same = torch.equal(got_logits.isnan(), reference.isnan()) and torch.equal(
+            got_logits.nan_to_num(), reference.nan_to_num())
+        diff = (got_logits.float() - reference.float()).nan_to_num().abs().max().item()
+        out["settings"][name] = {**timed, "same_logits": same, "max_abs_diff": diff,
+                                 "finite": bool(reference.isfinite().all())}
     out["recompiles"] = counters["stats"]["unique_graphs"] - graphs
     if out["settings"].get("skip_guard_eval_unsafe", {}).get("ms") is not None:
         out["guard_ms_estimate"] = out["settings"]["default"]["ms"] - out["settings"]["skip_guard_eval_unsafe"]["ms"]

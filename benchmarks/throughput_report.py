@@ -56,10 +56,12 @@ def host_table(rows: list[dict]) -> str:
              f"(default - skip_guard_eval_unsafe): {fmt(h.get('guard_ms_estimate'), 3)}",
              "", "| group (cProfile, tottime) | ms/step | share |", "|---|---|---|"]
     lines += [f"| {g} | {v['ms']:.3f} | {v['share']:.0%} |" for g, v in h["profile"]["groups"].items()]
-    lines += ["", "| setting | host ms (median of rounds) | rounds | same logits |", "|---|---|---|---|"]
+    lines += ["", "| setting | host ms (median of rounds) | rounds | same logits as a default repeat (max diff) |",
+              "|---|---|---|---|"]
     for name, s in h["settings"].items():
-        lines.append(f"| {name} | " + (f"{s['ms']:.3f} | {' '.join(f'{x:.2f}' for x in s['rounds'])} | "
-                                       f"{s['same_logits']} |" if "ms" in s else f"{s['unavailable']} | | |"))
+        same = f"{s['same_logits']} ({fmt(s.get('max_abs_diff'), 3)}{'' if s.get('finite', True) else ', not finite'})"
+        lines.append(f"| {name} | " + (f"{s['ms']:.3f} | {' '.join(f'{x:.2f}' for x in s['rounds'])} | {same} |"
+                                       if "ms" in s else f"{s['unavailable']} | | |"))
     return "\n".join(lines)
 
 
@@ -76,7 +78,8 @@ def plot(rows: list[dict], png: str) -> None:
     width = 0.8 / max(1, len(policies))
     for i, p in enumerate(policies):
         xs = [j + i * width for j in range(len(ns))]
-        vals = [[limit.get((p, n), {}).get("batch", 0) for n in ns],
+        # the decode row's batch: one less than the limit's where the real prefill did not fit beside the cache
+        vals = [[decode.get((p, n), limit.get((p, n), {})).get("batch", 0) for n in ns],
                 [decode.get((p, n), {}).get("tok_s", 0) for n in ns],
                 [decode.get((p, n), {}).get("peak_GB", 0) for n in ns]]
         for ax, v in zip(axes, vals, strict=True):
@@ -85,10 +88,10 @@ def plot(rows: list[dict], png: str) -> None:
     for ax, title in zip(axes, ("largest batch", "decode tokens/s at that batch", "peak memory GB"), strict=True):
         ax.set_xticks([j + width * (len(policies) - 1) / 2 for j in range(len(ns))], [label(n) for n in ns])
         ax.set_title(title)
-    modes = sorted({f"{label(n)}: {r['mode']}" for (p, n), r in decode.items()})
+    modes = "; ".join(f"{label(n)}: " + ", ".join(f"{p} {decode[p, n]['mode']}" + (" (fallback)" if decode[p, n].get(
+        "fallback") else "") for p in policies if (p, n) in decode) for n in ns)
     axes[0].legend()
-    fig.suptitle("throughput at the memory limit (policies run one after another); decode " + ", ".join(modes),
-                 fontsize=9)
+    fig.suptitle("throughput at the memory limit (policies run one after another); decode " + modes, fontsize=9)
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)

@@ -57,11 +57,13 @@ def tables(rows: list[dict]) -> str:
             if any(vals):
                 out.append(f"| {p} | " + " | ".join("—" if v is None else f"{v['accuracy']:.2f}" for v in vals) + " |")
         out.append("")
-    out += ["**Summary** over the cells each policy ran (share of full = accuracy / full's, per cell)", "",
+    common = common_cells(rows)
+    out += [f"**Summary** over the {len(common)} cells every policy ran ({cell_names(common)}); share of full = "
+            "accuracy / full's, per cell", "",
             "| policy | cells | mean accuracy | mean share of full | worst share of full (cell) | KV at 32k |",
             "|---|---|---|---|---|---|"]
     for p in policies:
-        got = [(c, by[(p, *c)]) for c in cells if (p, *c) in by and ("full", *c) in by]
+        got = [(c, by[(p, *c)]) for c in common if ("full", *c) in by]
         if not got:
             continue
         shares = [(r["accuracy"] / by[("full", *c)]["accuracy"] if by[("full", *c)]["accuracy"] else float("nan"), c)
@@ -75,13 +77,29 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def common_cells(rows: list[dict]) -> list[tuple[str, int]]:
+    """The (task, length) cells that every policy in `rows` ran: summaries compare policies on the same prompts."""
+    per: dict[str, set] = defaultdict(set)
+    for r in rows:
+        per[r["policy"]].add((r["task"], r["length"]))
+    return sorted(set.intersection(*per.values())) if per else []
+
+
+def cell_names(cells: list[tuple[str, int]]) -> str:
+    tasks = sorted({t for t, _ in cells})
+    lens = sorted({n for _, n in cells})
+    return f"{', '.join(tasks)} x {'/'.join(f'{n // 1024}k' for n in lens)}"
+
+
 def png(rows: list[dict], path: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    full = {(r["task"], r["length"]): r["accuracy"] for r in rows if r["policy"] == "full"}
+    common = set(common_cells(rows))
+    full = {(r["task"], r["length"]): r["accuracy"] for r in rows if r["policy"] == "full"
+            and (r["task"], r["length"]) in common}
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     styles = {"zigzag": ("o", "C0"), "duo": ("s", "C1"), "ablation": ("^", "C2"), "best random": ("x", "C3"),
               "streaming": ("v", "C7"), "full": ("*", "k")}
@@ -96,7 +114,7 @@ def png(rows: list[dict], path: str, title: str) -> None:
         ax.scatter(kv, acc, marker=marker, color=color, s=60)
         ax.annotate(p, (kv, acc), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel("KV cache vs full attention at the longest length")
-    ax.set_ylabel("mean accuracy over tasks x lengths")
+    ax.set_ylabel(f"mean accuracy, {cell_names(sorted(common))}", fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()

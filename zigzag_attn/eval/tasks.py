@@ -161,9 +161,20 @@ def common_words(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | 
         budget = length - overhead(tokenizer, WORDS_INTRO, [], question, common)
         # fillers appear (R + 1) / 2 times on average; 3 unless the pool is too small for the list
         most = max(3, math.ceil(2 * 1.15 * (budget / per) / (len(pool) - top) - 1))
-        order = _word_list(tokenizer, common, iter(words[top:]), budget, rng, most)
+        while True:  # the estimate can fall short for one draw: allow more repetitions and build it again
+            try:
+                order = _word_list(tokenizer, common, iter(words[top:]), budget, rng, most)
+                break
+            except _TooFewWords:
+                if most >= budget:
+                    raise ValueError(f"the text has too few distinct words for a {budget}-token word list") from None
+                most += 2
         out.append(labelled(tokenizer, WORDS_INTRO + "\n".join(order) + "\n" + question, common, ()))
     return out
+
+
+class _TooFewWords(Exception):
+    """The fillers ran out before the list was full."""
 
 
 def _word_list(tok, common: list[str], fillers, budget: int, rng: random.Random, most: int = 3) -> list[str]:
@@ -181,7 +192,7 @@ def _word_list(tok, common: list[str], fillers, budget: int, rng: random.Random,
         for _ in range(max(1, int(0.9 * (budget - size) / per / ((most + 1) / 2)))):  # (most + 1) / 2 on average
             word = next(fillers, None)
             if word is None:
-                raise ValueError(f"the text has too few distinct words for a {budget}-token word list")
+                raise _TooFewWords
             for _ in range(rng.randint(1, most)):
                 order.insert(rng.randrange(len(order) + 1), word)
     while True:  # drop filler entries from the end (never a common word) until the list fits
