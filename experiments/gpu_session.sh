@@ -4,8 +4,8 @@
 #   bash experiments/gpu_session.sh q05      # Qwen2.5-Coder-0.5B: calibrate, then evaluate until the call's deadline
 #   bash experiments/gpu_session.sh q15      # 1.5B: calibrate, prefill/eager speed, then evaluate until the deadline
 #   bash experiments/gpu_session.sh more05   # 0.5B: continue the evaluation (finished rows are skipped)
-#   bash experiments/gpu_session.sh eval05   # 0.5B: evaluate every policy afresh with the recorded plans and scores
-#                                            # (one unpadded prompt per forward); a later call continues
+#   bash experiments/gpu_session.sh eval05   # 0.5B: evaluate, one unpadded prompt per forward, with the recorded plans
+#                                            # and scores; rows in docs/results/qwen/matrix.jsonl are skipped
 #   bash experiments/gpu_session.sh bench8b  # random-weight Llama-3-8B shape: per-layer cost JSON (layer_cost.py),
 #                                            # throughput at the memory limit and host time (throughput.py)
 # State (plans, scores, finished rows) stays under /root/zz-state while the machine is held; results go to $OUT.
@@ -31,8 +31,8 @@ case $1 in
       --zigzag-plan $S/q15/qwen2.5-coder-1.5b_0.5.json --parts prefill,eager --contexts 8192,32768 --batches 1,8 \
       --prefill-max-tokens 262144 --policies full,mixed,zigzag --out $OUT/q15bench 2>&1 | tail -40 | tee -a $OUT/q15/log.txt
     python experiments/gpu_accuracy.py eval "${q15[@]}" --deadline $end 2>&1 | grep -v Warning | tee -a $OUT/q15/log.txt ;;
-  eval05)
-    [ -f $S/q05/head_scores.json ] || { mkdir -p $S/q05 && cp docs/results/qwen/*.json $S/q05/; }
+  eval05)  # on a fresh machine, plans, scores and finished rows come from the recorded results
+    [ -f $S/q05/head_scores.json ] || { mkdir -p $S/q05 && cp docs/results/qwen/*.json docs/results/qwen/matrix.jsonl $S/q05/; }
     python experiments/gpu_accuracy.py eval "${q05[@]}" --cache $M/q05-bf16 --deadline $end 2>&1 | grep -v Warning \
       | tee -a $OUT/q05/log.txt ;;
   bench8b)
