@@ -90,7 +90,9 @@ def cuda_ms(fn) -> float:
 
 
 class Bench:
-    def __init__(self, args, policies: list[str], log_name: str = "bench.jsonl"):
+    def __init__(self, args, policies: list[str], log_name: str = "bench.jsonl",
+                 extra_plans: dict[str, zz.Plan | None] | None = None):
+        """`extra_plans`: more named plans (None: unpatched), beside and overriding the built-in ones."""
         self.args = args
         t = time.time()
         if args.model:  # real weights: an alias, a GGUF file or a local directory
@@ -102,7 +104,7 @@ class Bench:
             cfg = llama3_8b(args.layers, args.smoke)
             with torch.device(DEVICE):
                 base = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
-        self.cfg, self.plans = cfg, plans(base, args.zigzag_plan)
+        self.cfg, self.plans = cfg, {**plans(base, args.zigzag_plan), **(extra_plans or {})}
         self.models = policy_models(base, {p: self.plans[p] for p in policies}, args.decode_backend)
         self.weight_bytes = sum(p.numel() * p.element_size() for n, p in base.named_parameters()
                                 if "embed_tokens" not in n)  # decode reads every weight but the embedding rows
@@ -363,8 +365,9 @@ def mark_filled(cache, n: int) -> None:
     if isinstance(cache, ZigzagStaticCache) and cache.ring_pos is not None:
         ring = [layer for layer in cache.layers if isinstance(layer, (RingLayer, StaticMixedLayer))]
         if ring:
-            pos = torch.cat([torch.arange(SINK), torch.arange(n - WINDOW, n)]).to(cache.ring_pos.device)
-            slot = torch.where(pos < SINK, pos, SINK + (pos - SINK) % WINDOW)
+            sink, window = cache.plan.sink, cache.plan.window
+            pos = torch.cat([torch.arange(sink), torch.arange(n - window, n)]).to(cache.ring_pos.device)
+            slot = torch.where(pos < sink, pos, sink + (pos - sink) % window)
             cache.ring_pos.fill_(-1)
             cache.ring_pos[:, slot] = pos
             cache.next_pos.fill_(n)

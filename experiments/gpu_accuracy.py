@@ -3,6 +3,7 @@ on the same held-out prompts. Produced docs/results/qwen/ and the shipped `<mode
 
     python experiments/gpu_accuracy.py calibrate --model GGUF --name NAME --state DIR --out DIR
     python experiments/gpu_accuracy.py eval --model GGUF --name NAME --state DIR --out DIR --deadline EPOCH_S
+    python experiments/gpu_accuracy.py plans --state DIR --out DIR --policies NAME,...   # plan files, no model
     python experiments/gpu_accuracy.py ... --smoke        # tiny sizes, to check the script on CPU
 
 calibrate (one call): the `method="robust"` profile (timed: that is the calibration cost) and plans at 50%, 33%
@@ -13,7 +14,9 @@ eval: prompts of every task x length on genres calibration never saw ("technical
 texts; half of the prompts each), RULER wordings (calibration uses others). Policies go in PRIORITY order; a
 chunk (one policy on one task at every length) starts only if, judged by the last chunk, it ends before
 --deadline. Each finished chunk is appended to --out/matrix.jsonl at once, so a cut-off call keeps its numbers;
-rows already in --state/matrix.jsonl are skipped.
+rows already in --state/matrix.jsonl are skipped. A policy whose plan is identical to one with rows already (e.g.
+hybrid-m1@r and zigzag@r, experiments/hybrid_policies.py) gets copies of them, marked "same_as", without running.
+plans: writes --out/plans/NAME.json ('@' as '_') for --policies (default: the frontier's), for bench_plans.py.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from zigzag_attn.model_info import describe
 from zigzag_attn.models import load, load_tokenizer
 from zigzag_attn.profile import measure
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hybrid_policies as hp  # noqa: E402
+
 RATIOS = (0.5, 0.33, 0.25)
 GENRES = ("technical", "legal")
 FULL = dict(length=8192, samples=4, candidates=6, gate_steps=100, gate_len=4096, lengths=(4096, 8192, 16384, 32768),
@@ -51,7 +57,10 @@ PRIORITY = [  # (policies, tasks) chunks, most needed first; every length of --l
     ([f"random-{i}@0.5" for i in range(1, 6)], TASKS),
     (["zigzag@0.33", "duo@0.33", "ablation@0.5", "ablation@0.25"], TASKS),
     ([f"random-{i}@0.25" for i in range(1, 6)], TASKS),
+    # the frontier (issue #16): hybrids at zigzag@r's KV; m = 1 copies zigzag@r's rows (an identical plan)
+    ([f"hybrid-m{m}@{r}" for m in (2, 4, 1) for r in hp.RATIOS], hp.TASKS),
 ]
+FRONTIER = ["full", *(f"{p}@{r}" for r in hp.RATIOS for p in ("zigzag", "duo", *(f"hybrid-m{m}" for m in hp.MIXED)))]
 
 
 def log(msg: str) -> None:
@@ -112,12 +121,12 @@ def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
     scores.save(out / "robust_scores.json")
 
 
-def policies(cfg, model, state: Path) -> dict[str, zz.Plan | None]:
-    info = describe(model)
+def policies(cfg, info: zz.ModelInfo, state: Path) -> dict[str, zz.Plan | None]:
     heads = zz.Scores.load(state / "head_scores.json")
+    robust = zz.Scores.load(state / "robust_scores.json")
     # the plain-ablation baseline: the worst-task loss rise of each layer streaming alone, recorded by the robust
     # profile; the layers whose streaming hurts most stay retrieval
-    rise = torch.tensor(zz.Scores.load(state / "robust_scores.json").meta["ablation"])
+    rise = torch.tensor(robust.meta["ablation"])
     ablation = zz.Scores(rise[:, None].expand(-1, info.num_kv_heads), rise, model=info, method="ablation-worst-task")
     out: dict[str, zz.Plan | None] = {"full": None, "streaming": all_streaming(info, sink=cfg["sink"],
                                                                                   window=cfg["window"]).plan}
@@ -131,7 +140,21 @@ def policies(cfg, model, state: Path) -> dict[str, zz.Plan | None]:
         for i, p in enumerate(random_sets(info, cfg["randoms"], r, seed=17, sink=cfg["sink"],
                                               window=cfg["window"]), 1):
             out[f"random-{i}@{r}"] = p.plan
+    out.update(hp.hybrids(robust, heads, {r: out[f"zigzag@{r}"] for r in hp.RATIOS}, max(cfg["lengths"])))
     return out
+
+
+def write_plans(cfg, state: Path, out: Path, names: list[str]) -> None:
+    """`out/NAME.json` ('@' written '_') for each named policy but "full" (no plan), from the state's scores."""
+    plans = policies(cfg, zz.Scores.load(state / "robust_scores.json").model, state)
+    unknown = [n for n in names if n not in plans]
+    if unknown:
+        raise SystemExit(f"unknown policies {unknown}; known: {', '.join(plans)}")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if plans[name] is not None:
+            plans[name].save(out / f"{name.replace('@', '_')}.json")
+            log(f"{name:>16}: {plans[name].describe()}")
 
 
 def _plan_file(state: Path, r: float) -> Path:
@@ -169,12 +192,19 @@ def _cell(job):
 
 def evaluate(args, cfg, model, tok, state: Path, out: Path, cache: dict) -> None:
     """Every policy on the prompts of `cache` ((task, length) -> samples), in PRIORITY order, until --deadline."""
-    plans = policies(cfg, model, state)
+    plans = policies(cfg, describe(model), state)
     last = 0.0  # seconds the last chunk took
-    done = set()
-    for f in (state / "matrix.jsonl",):
-        if f.exists():
-            done |= {(r["policy"], r["task"], r["length"]) for r in map(json.loads, f.read_text().splitlines())}
+    f = state / "matrix.jsonl"
+    done = {(r["policy"], r["task"], r["length"]): r for r in map(json.loads, f.read_text().splitlines())} \
+        if f.exists() else {}
+    same = {a: b for a, b in hp.twins(plans).items() if plans[a] is not None}
+
+    def write(row: dict) -> None:
+        done[row["policy"], row["task"], row["length"]] = row
+        for f in (state / "matrix.jsonl", out / "matrix.jsonl"):
+            with open(f, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
     lengths = list(cfg["lengths"])
     for names, tasks in PRIORITY:
         for name in names:
@@ -186,6 +216,12 @@ def evaluate(args, cfg, model, tok, state: Path, out: Path, cache: dict) -> None
                     continue
                 todo = [n for n in lengths if (name, task, n) not in done]
                 if not todo:
+                    continue
+                twin = next((o for o in same.get(name, []) if all((o, task, n) in done for n in todo)), None)
+                if twin:
+                    for n in todo:
+                        write({**done[twin, task, n], "policy": name, "same_as": twin})
+                    log(f"{name:>14} {task:>11} = {twin} (identical plan): rows copied")
                     continue
                 if time.time() + last > args.deadline:
                     log(f"deadline: not started: {name} {task}")
@@ -200,9 +236,7 @@ def evaluate(args, cfg, model, tok, state: Path, out: Path, cache: dict) -> None
                            "loss": m.loss, "kv_fraction": 1.0 if plan is None else plan.kv_fraction(n),
                            "per_genre": {g: sum(m.correct[i] for i in _answers(samples, g, cfg["n"]))
                                          for g in GENRES}}
-                    for f in (state / "matrix.jsonl", out / "matrix.jsonl"):
-                        with open(f, "a") as fh:
-                            fh.write(json.dumps(row) + "\n")
+                    write(row)
                 last = time.perf_counter() - t
                 log(f"{name:>14} {task:>11} {len(todo)} lengths in {last:.1f} s: " + " ".join(
                     f"{r['accuracy']:.2f}" for r in _last(out / "matrix.jsonl", len(todo))))
@@ -225,9 +259,9 @@ def _last(path: Path, k: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=("calibrate", "eval"))
-    ap.add_argument("--model", required=True, help="a .gguf file or a local HF directory")
-    ap.add_argument("--name", required=True, help="the alias the plans record, e.g. qwen2.5-coder-0.5b")
+    ap.add_argument("command", choices=("calibrate", "eval", "plans"))
+    ap.add_argument("--model", help="a .gguf file or a local HF directory (calibrate, eval)")
+    ap.add_argument("--name", help="the alias the plans record, e.g. qwen2.5-coder-0.5b (calibrate, eval)")
     ap.add_argument("--state", required=True, help="kept between calls: plans, scores, finished rows")
     ap.add_argument("--out", required=True)
     ap.add_argument("--deadline", type=float, default=float("inf"), help="eval: start no chunk that would end later "
@@ -255,6 +289,10 @@ def main() -> None:
     if args.candidates:
         cfg["candidates"] = args.candidates
     state, out = Path(args.state), Path(args.out)
+    if args.command == "plans":
+        return write_plans(cfg, state, out / "plans", args.policies.split(",") if args.policies else FRONTIER)
+    if not (args.model and args.name):
+        ap.error(f"{args.command} needs --model and --name")
     state.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()

@@ -139,3 +139,37 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
         where = tuple(bad[0]) if len(bad[0]) > 1 else bad[0][0]
         raise ValueError(f"{what} contains {len(bad)} NaN/inf value(s) (float32), the first at index {where}: "
                          f"{t[tuple(bad[0])].item()}")
+
+
+def split_layer_scores(layers: Scores, heads: Scores, *, method: str | None = None) -> Scores:
+    """Scores for `solve_hybrid` that keep a layer ranking and let head scores decide where a layer can split.
+
+    Each layer's score `layers.layers[l]` (shape `[num_layers]`, >= 0) is shared among its KV heads in proportion
+    to `heads.heads[l]` (shape `[num_layers, num_kv_heads]`, >= 0; a layer whose head scores are all 0 shares
+    equally): `out.heads[l, h] = layers.layers[l] * heads.heads[l, h] / sum_h heads.heads[l, h]`, and
+    `out.layers = layers.layers`. So a whole layer retains exactly its layer score and `solve_hybrid(out,
+    max_mixed=0)` is `solve(layers)`'s plan; with mixed layers allowed, the solver gives up a whole retrieval layer
+    for one head of each of two streaming layers where those heads carry most of their layers' score (e.g.
+    DuoAttention gates of one head near 1, the other near 0). `model` comes from `layers` (else `heads`).
+    """
+    for s, what in ((layers, "layers"), (heads, "heads")):
+        if not isinstance(s, Scores):
+            raise TypeError(f"{what} must be a Scores; got {type(s).__name__}")
+    if layers.num_layers != heads.num_layers:
+        raise ValueError(f"layers has {layers.num_layers} layers but heads has {heads.num_layers}")
+    if layers.model is not None and heads.model is not None and (
+            layers.model.num_layers, layers.model.num_kv_heads) != (heads.model.num_layers, heads.model.num_kv_heads):
+        raise ValueError("layers and heads were measured on models of different shapes")
+    if (layers.layers < 0).any():
+        raise ValueError(f"layer scores must be >= 0 to be shared among heads; the lowest is "
+                         f"{float(layers.layers.min())} (shift or rank them first)")
+    if (heads.heads < 0).any():
+        raise ValueError(f"head scores must be >= 0 (they are shares of a layer); the lowest is "
+                         f"{float(heads.heads.min())}")
+    h = heads.heads.double()
+    total = h.sum(dim=1, keepdim=True)
+    share = torch.where(total > 0, h / total.clamp_min(1e-300), 1.0 / h.shape[1])
+    split = (layers.layers.double()[:, None] * share).float()
+    meta = {"layers_method": layers.method, "heads_method": heads.method}
+    return Scores(split, layers.layers, layers.model or heads.model,
+                  method or f"{layers.method}+{heads.method}", meta)

@@ -1,0 +1,59 @@
+"""experiments/hybrid_policies.py on the recorded Qwen 0.5B state (docs/results/qwen): hybrids at zigzag@r's KV,
+m = 0 is zigzag@r, identical plans are found; gpu_accuracy.py's `plans` step writes loadable files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import zigzag_attn as zz
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = ROOT / "docs/results/qwen"
+sys.path.insert(0, str(ROOT / "experiments"))
+import gpu_accuracy  # noqa: E402
+import hybrid_policies as hp  # noqa: E402
+
+N = 32768
+
+
+def scores():
+    return zz.Scores.load(STATE / "robust_scores.json"), zz.Scores.load(STATE / "head_scores.json")
+
+
+def zigzag(r: float) -> zz.Plan:
+    return zz.Plan.load(STATE / f"qwen2.5-coder-0.5b_{r}.json")
+
+
+def test_equal_kv_and_mixed_bound():
+    robust, gates = scores()
+    zig = {r: zigzag(r) for r in hp.RATIOS}
+    got = hp.hybrids(robust, gates, zig, N, mixed=(1, 2, 4, 24))
+    assert set(got) == {f"hybrid-m{m}@{r}" for m in (1, 2, 4, 24) for r in hp.RATIOS}
+    for name, plan in got.items():
+        m, r = int(name[len("hybrid-m"):name.index("@")]), float(name.split("@")[1])
+        assert hp.retrieval_heads(plan) == hp.retrieval_heads(zig[r])
+        assert len(plan.mixed_layers) <= m
+        for n in (4096, 8192, 16384, 32768):
+            assert plan.kv_fraction(n) == pytest.approx(zig[r].kv_fraction(n), abs=1e-12)
+    # 2 KV heads a layer: one mixed layer cannot change a plan with an even head count
+    assert got["hybrid-m1@0.5"].head_mask(2) == zig[0.5].head_mask(2)
+    assert got["hybrid-m2@0.5"].mixed_layers  # the gates make a split worth it here
+    same = hp.twins({"zigzag@0.5": zig[0.5], **got, "full": None})
+    assert "hybrid-m1@0.5" in same["zigzag@0.5"] and "full" not in same
+
+
+def test_m0_must_be_the_zigzag_plan():
+    robust, gates = scores()
+    other = zz.Plan.from_layers(["retrieval", "streaming"] * 12, sink=64, window=256, model=robust.model)
+    with pytest.raises(RuntimeError, match="not zigzag@0.5"):
+        hp.hybrids(robust, gates, {0.5: other}, N)
+
+
+def test_write_plans(tmp_path):
+    gpu_accuracy.write_plans(dict(gpu_accuracy.FULL), STATE, tmp_path, ["full", "duo@0.5", "hybrid-m2@0.25"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["duo_0.5.json", "hybrid-m2_0.25.json"]
+    plan = zz.Plan.load(tmp_path / "hybrid-m2_0.25.json")
+    assert plan.provenance["equal_kv_to"] == "zigzag@0.25" and hp.retrieval_heads(plan) == 12

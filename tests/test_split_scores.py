@@ -1,0 +1,61 @@
+"""`split_layer_scores`: a layer ranking shared among heads; m = 0 keeps the ranking's plan, mixed layers appear
+where one head carries a layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zigzag_attn.plan import ModelInfo
+from zigzag_attn.scores import Scores, split_layer_scores
+from zigzag_attn.solve import solve
+from zigzag_attn.solve_hybrid import solve_hybrid
+
+MODEL = ModelInfo("llama", 6, 2, 8)
+N = 1000
+
+
+def ranks(order: list[float]) -> Scores:
+    return Scores(torch.tensor(order)[:, None].expand(-1, 2), order, model=MODEL, method="robust")
+
+
+def test_layer_sums_and_shares():
+    layers = ranks([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    gates = Scores([[1.0, 1.0], [0.0, 0.0], [0.9, 0.1], [1.0, 3.0], [0.0, 2.0], [0.5, 0.5]], model=MODEL,
+                   method="gates")
+    s = split_layer_scores(layers, gates)
+    assert torch.equal(s.layers, layers.layers)
+    assert torch.allclose(s.heads.sum(1), layers.layers)
+    assert s.heads[1].tolist() == [2.5, 2.5]  # no head score: equal shares
+    assert s.heads[3].tolist() == [0.75, 2.25] and s.heads[4].tolist() == [0.0, 2.0]
+    assert s.method == "robust+gates" and s.model == MODEL
+
+
+def test_m0_is_the_ranking_plan_and_lopsided_layers_split():
+    layers = ranks([6.0, 5.0, 4.0, 3.0, 2.5, 1.0])
+    gates = Scores([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [0.5, 0.5], [1.0, 0.0], [0.0, 1.0]], model=MODEL)
+    s = split_layer_scores(layers, gates)
+    f = solve(layers, retrieval_layers=4).kv_fraction(N)
+    zig = solve(layers, retrieval_layers=4)
+    assert solve_hybrid(s, kv_budget=f, context_length=N, max_mixed=0).modes == zig.modes
+    # layer 3 (score 3, shared evenly) keeps one head and gives the other to the head that carries layer 4:
+    # 1.5 + 2.5 > 3; with one mixed layer allowed nothing can change (an odd head count)
+    hyb = solve_hybrid(s, kv_budget=f, context_length=N, max_mixed=2)
+    assert hyb.head_mask(2) == [[True, True]] * 3 + [[True, False], [True, False], [False, False]]
+    assert solve_hybrid(s, kv_budget=f, context_length=N, max_mixed=1).head_mask(2) == zig.head_mask(2)
+    assert sum(map(sum, hyb.head_mask(2))) == sum(map(sum, zig.head_mask(2)))
+    # with even shares everywhere no split pays: the hybrid is the zigzag plan
+    even = split_layer_scores(layers, Scores(torch.ones(6, 2), model=MODEL))
+    assert solve_hybrid(even, kv_budget=f, context_length=N, max_mixed=2).head_mask(2) == zig.head_mask(2)
+
+
+def test_errors():
+    layers = ranks([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match="layer scores must be >= 0"):
+        split_layer_scores(ranks([1.0, -1.0, 0, 0, 0, 0]), layers)
+    with pytest.raises(ValueError, match="head scores must be >= 0"):
+        split_layer_scores(layers, Scores(-torch.ones(6, 2)))
+    with pytest.raises(ValueError, match="6 layers but heads has 5"):
+        split_layer_scores(layers, Scores(torch.ones(5, 2)))
+    with pytest.raises(TypeError, match="heads must be a Scores"):
+        split_layer_scores(layers, torch.ones(6, 2))
