@@ -1,0 +1,181 @@
+"""The frontier of issue #16: accuracy against decode time and KV bytes for zigzag, hybrids and DuoAttention.
+
+    python experiments/report_frontier.py MATRIX.jsonl [MORE.jsonl ...] --timing bench_plans.jsonl [...] \
+        --png docs/results/frontier_q05.png
+
+MATRIX rows come from experiments/gpu_accuracy.py (held-out genres), timing rows from benchmarks/bench_plans.py
+(compiled decode, interleaved in one process per file). Accuracy is compared on the (task, length) cells every
+listed policy ran. "share of duo" is a policy's accuracy on a task (all answers at the common lengths pooled) over
+duo@r's at the same r (equal KV); "÷ zigzag" is the drift-free ratio of decode steps (the median over rounds of
+round medians) to zigzag@r measured in the same process. Targets (issue #16): some hybrid with at most 2 mixed
+layers has >= 0.97 of duo's accuracy on every task and decodes within 1.03x of zigzag at every length timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from report_matrix import cell_names, common_cells
+
+RATIOS = ("0.5", "0.25")
+DEFAULT = ["full", *(f"{p}@{r}" for r in RATIOS for p in ("zigzag", "hybrid-m1", "hybrid-m2", "hybrid-m4", "duo"))]
+BATCH = 1
+
+
+def read(paths: list[str]) -> list[dict]:
+    """JSON lines of every file; a later row for the same key replaces an earlier one (see `keyed`)."""
+    return [json.loads(x) for p in paths for x in Path(p).read_text().splitlines() if x.strip()]
+
+
+def ratio_of(policy: str) -> str | None:
+    m = re.fullmatch(r".+@(.+)", policy)
+    return m.group(1) if m else None
+
+
+def timing(rows: list[dict]) -> dict:
+    """{"ms": {(policy, n): ms}, "vs": {(policy, n): (ratio, reference)}, "bytes": {(policy, n): KV bytes at B=1}}
+    at batch BATCH; context keys are ints."""
+    out: dict[str, dict] = {"ms": {}, "vs": {}, "bytes": {}}
+    for r in rows:
+        if r["part"] == "compiled" and "ms" in r and r["batch"] == BATCH:
+            out["ms"][r["policy"], r["n"]] = r["ms"]
+        elif r["part"] == "ratio" and r["batch"] == BATCH:
+            out["vs"][r["policy"], r["n"]] = (r["median"], r["vs"])
+        elif r["part"] == "plan":
+            out["bytes"].update({(r["policy"], int(n)): b for n, b in r["kv_bytes_b1"].items()})
+    return out
+
+
+def summary(acc_rows: list[dict], t: dict, policies: list[str]) -> tuple[list[dict], list[tuple[str, int]]]:
+    """One dict per policy present in `acc_rows`: accuracy on the common cells, per-task shares of duo, timing."""
+    rows = [r for r in acc_rows if r["policy"] in policies]
+    common = common_cells(rows)
+    by = {(r["policy"], r["task"], r["length"]): r for r in rows}
+    tasks = sorted({c[0] for c in common})
+    contexts = sorted({n for _, n in t["ms"]})
+    out = []
+    for p in (p for p in policies if any(k[0] == p for k in by)):
+        pooled = {task: [sum(by[p, task, n][k] for tt, n in common if tt == task) for k in ("correct", "answers")]
+                  for task in tasks}
+        acc = {task: c / a if a else float("nan") for task, (c, a) in pooled.items()}
+        duo = f"duo@{ratio_of(p)}"
+        share = {}
+        if ratio_of(p) and all((duo, *c) in by for c in common):
+            for task in tasks:
+                c, a = (sum(by[duo, task, n][k] for tt, n in common if tt == task) for k in ("correct", "answers"))
+                share[task] = acc[task] / (c / a) if c else float("nan")
+        longest = max(n for _, n in common)
+        kv = by[p, common[-1][0], longest]["kv_fraction"] if (p, common[-1][0], longest) in by else float("nan")
+        out.append({"policy": p, "kv_fraction": kv, "longest": longest, "same_as": by[(p, *common[0])].get("same_as"),
+                    "mean_accuracy": sum(by[(p, *c)]["accuracy"] for c in common) / len(common), "task_acc": acc,
+                    "share_of_duo": share, "ms": {n: t["ms"].get((p, n)) for n in contexts},
+                    "vs": {n: t["vs"].get((p, n)) for n in contexts},
+                    "kv_bytes": t["bytes"].get((p, longest))})
+    return out, common
+
+
+def table(items: list[dict], common: list[tuple[str, int]]) -> str:
+    tasks = sorted({c[0] for c in common})
+    contexts = sorted({n for it in items for n in it["ms"]})
+    head = (["policy", f"KV at {_k(items[0]['longest'])}", "mean acc"] + [f"{t} ÷ duo" for t in tasks]
+            + [f"ms/step {_k(n)}" for n in contexts] + [f"÷ zigzag {_k(n)}" for n in contexts])
+    lines = [f"Accuracy over {len(common)} common cells ({cell_names(common)}); decode at B={BATCH}, compiled.", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for it in items:
+        vs = [it["vs"][n] for n in contexts]
+        cells = ([it["policy"] + (f" (= {it['same_as']})" if it["same_as"] else ""), f"{it['kv_fraction']:.3f}",
+                  f"{it['mean_accuracy']:.3f}"] + [_f(it["share_of_duo"].get(t), 3) for t in tasks]
+                 + [_f(it["ms"][n], 3) for n in contexts]
+                 + ["–" if v is None or not v[1].startswith("zigzag") else f"{v[0]:.3f}" for v in vs])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", *targets(items)])
+
+
+def targets(items: list[dict]) -> list[str]:
+    """The issue's two targets, per ratio, for the hybrids with at most 2 mixed layers."""
+    out = []
+    for it in items:
+        m = re.fullmatch(r"hybrid-m(\d+)@.+", it["policy"])
+        if not m or int(m.group(1)) > 2:
+            continue
+        shares = list(it["share_of_duo"].values())
+        speed = [v[0] for v in it["vs"].values() if v is not None]
+        acc_ok = bool(shares) and min(shares) >= 0.97
+        time_ok = bool(speed) and max(speed) <= 1.03
+        out.append(f"- {it['policy']}: worst share of duo {min(shares, default=float('nan')):.3f} "
+                   f"({'meets' if acc_ok else 'misses'} ≥ 0.97); slowest step ÷ zigzag "
+                   f"{max(speed, default=float('nan')):.3f} ({'meets' if time_ok else 'misses'} ≤ 1.03"
+                   + ("" if speed else ", not timed") + ")")
+    return out
+
+
+def _k(n: int) -> str:
+    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+
+def _f(x, digits: int) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def png(items: list[dict], path: str, title: str, context: int | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    styles = {"zigzag": ("o", "C0"), "duo": ("s", "C1"), "full": ("*", "k")}
+    full_bytes = next((it["kv_bytes"] for it in items if it["policy"] == "full"), None)
+    also = defaultdict(list)  # identical plans share a point and its label
+    for it in items:
+        if it["same_as"]:
+            also[it["same_as"]].append(it["policy"])
+    for it in (it for it in items if not it["same_as"]):
+        label = " = ".join([it["policy"], *also[it["policy"]]])
+        fam = it["policy"].split("@")[0]
+        marker, color = styles.get(fam, ("D", {"hybrid-m1": "C2", "hybrid-m2": "C3", "hybrid-m4": "C4"}.get(fam, "C5")))
+        y = it["mean_accuracy"]
+        ms = it["ms"].get(context) if context else None
+        kv = it["kv_bytes"] or (it["kv_fraction"] * full_bytes if full_bytes else it["kv_fraction"])
+        for ax, x in ((axes[0], ms), (axes[1], kv / 1e6 if full_bytes else kv)):
+            if x is not None:
+                ax.scatter(x, y, marker=marker, color=color, s=55)
+                ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    axes[0].set_xlabel(f"compiled decode ms/step at {context} tokens, B={BATCH}" if context else "(no timing)")
+    axes[1].set_xlabel(f"KV cache MB at {items[0]['longest']} tokens, B=1" if full_bytes
+                       else f"KV cache vs full at {items[0]['longest']} tokens")
+    for ax in axes:
+        ax.set_ylabel("mean accuracy (common cells)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("matrix", nargs="+", help="gpu_accuracy.py matrix.jsonl files (rows of one model)")
+    ap.add_argument("--timing", nargs="*", default=[], help="bench_plans.py bench_plans.jsonl files")
+    ap.add_argument("--policies", default=",".join(DEFAULT))
+    ap.add_argument("--png")
+    args = ap.parse_args()
+    acc = list({(r["policy"], r["task"], r["length"]): r for r in read(args.matrix)}.values())
+    models = sorted({r["model"] for r in acc})
+    if len(models) != 1:
+        raise SystemExit(f"the matrix rows are of {len(models)} models ({models}); give one model's rows")
+    t = timing(read(args.timing))
+    items, common = summary(acc, t, args.policies.split(","))
+    if not common:
+        raise SystemExit("no (task, length) cell was run by every listed policy; narrow --policies")
+    print(table(items, common))
+    if args.png:
+        context = max((n for _, n in t["ms"]), default=None)
+        png(items, args.png, f"{models[0]}: accuracy vs decode time and KV (held-out genres)", context)
+
+
+if __name__ == "__main__":
+    main()

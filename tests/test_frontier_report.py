@@ -1,0 +1,62 @@
+"""benchmarks/bench_plans.py's plan parsing and twin detection, and experiments/report_frontier.py's numbers on
+made-up rows (no model, nothing timed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import zigzag_attn as zz
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "experiments"))
+import bench_plans  # noqa: E402
+import report_frontier as rf  # noqa: E402
+
+INFO = zz.ModelInfo("llama", 4, 2, 8)
+
+
+def test_parse_plans_and_twins(tmp_path):
+    z = zz.Plan.from_layers(["retrieval", "streaming"] * 2, sink=4, window=8, model=INFO)
+    same = zz.Plan.from_heads(z.head_mask(2), sink=4, window=8, model=INFO)  # built by heads, identical
+    mixed = zz.Plan.from_heads([[True, False]] * 4, sink=4, window=8, model=INFO)
+    for name, p in (("z", z), ("s", same), ("m", mixed)):
+        p.save(tmp_path / f"{name}.json")
+    plans = bench_plans.parse_plans(f"full=full,z={tmp_path}/z.json,h1={tmp_path}/s.json,d={tmp_path}/m.json")
+    assert list(plans) == ["full", "z", "h1", "d"] and plans["full"] is None
+    assert bench_plans.split_twins(plans) == (["full", "z", "d"], {"h1": "z"})
+    for bad in ("z", "z=", "full=full,full=full"):
+        with pytest.raises(SystemExit):
+            bench_plans.parse_plans(bad)
+
+
+def rows(policy: str, correct: dict[str, int], kv: float) -> list[dict]:
+    return [{"model": "toy", "policy": policy, "task": t, "length": n, "prompts": 4, "answers": 4, "correct": c,
+             "accuracy": c / 4, "kv_fraction": kv} for t, c in correct.items() for n in (4096, 8192)]
+
+
+def test_summary_shares_ratios_and_targets(tmp_path):
+    acc = (rows("full", {"a": 4, "b": 4}, 1.0) + rows("duo@0.5", {"a": 4, "b": 2}, 0.5)
+           + rows("zigzag@0.5", {"a": 3, "b": 2}, 0.5) + rows("hybrid-m2@0.5", {"a": 4, "b": 2}, 0.5)
+           + rows("streaming", {"a": 0, "b": 0}, 0.1)[:2])  # not a default policy: ignored
+    timing = [{"part": "plan", "policy": p, "kv_bytes_b1": {"8192": b}} for p, b in (("full", 100), ("duo@0.5", 50))]
+    for p, ms, ratio in (("zigzag@0.5", 10.0, 1.0), ("hybrid-m2@0.5", 10.2, 1.02), ("duo@0.5", 12.0, 1.2)):
+        timing += [{"part": "compiled", "policy": p, "n": 8192, "batch": 1, "ms": ms},
+                   {"part": "ratio", "policy": p, "n": 8192, "batch": 1, "median": ratio, "vs": "zigzag@0.5"}]
+    items, common = rf.summary(acc, rf.timing(timing), rf.DEFAULT)
+    assert common == [("a", 4096), ("a", 8192), ("b", 4096), ("b", 8192)]
+    by = {it["policy"]: it for it in items}
+    assert set(by) == {"full", "duo@0.5", "zigzag@0.5", "hybrid-m2@0.5"}
+    assert by["zigzag@0.5"]["share_of_duo"] == {"a": 0.75, "b": 1.0}
+    assert by["hybrid-m2@0.5"]["mean_accuracy"] == pytest.approx(0.75)
+    assert by["duo@0.5"]["kv_bytes"] == 50 and by["full"]["share_of_duo"] == {}
+    text = rf.table(items, common)
+    assert "| hybrid-m2@0.5 | 0.500 | 0.750 | 1.000 | 1.000 | 10.200 | 1.020 |" in text
+    assert "- hybrid-m2@0.5: worst share of duo 1.000 (meets ≥ 0.97); slowest step ÷ zigzag 1.020 (meets" in text
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in acc))
+    assert len(rf.read([str(path)])) == len(acc)
