@@ -1,12 +1,15 @@
 """Compiled decode of any plan files on a real model, interleaved in one process (bench.py's `compiled` part).
 
-    python benchmarks/bench_plans.py --model DIR_OR_GGUF --plans full=full,zigzag@0.5=Z.json,duo@0.5=D.json \
+    python benchmarks/bench_plans.py --model DIR_OR_GGUF --plans "zigzag@0.5=Z.json,hybrid@0.5=H.json;full=full" \
         --reference zigzag@0.5 --contexts 8192,32768 --batches 1 --out DIR [--budget-s S]
 
 Every named plan (`full`: the unpatched model) gets its own patched copy of the model (weights shared) and its
 own compiled call (transformers' `get_compiled_call`: inductor + CUDA graphs) on a static cache marked filled to
 N tokens; every point times all of them in shuffled, interleaved rounds (`Bench.compiled`). Plans identical to an
 earlier one (same sink, window and head mask) are timed once; their rows are copies marked "same_as".
+Groups (separated by ';') run as stages: stage k times the plans of groups 1..k at every point, so each stage
+compiles only its new group, and a call cut off while compiling a later group keeps the rows of the earlier stages
+(rows carry "stage"; a later stage's row for the same point supersedes an earlier one's).
 Rows (DIR/bench_plans.jsonl): "plan" (retrieval heads, mixed layers, KV fraction and KV bytes per context at B=1),
 "compiled" (ms per step: median of every timed step; round_ms: each round's median), and "ratio" (each plan's
 round medians over the reference's, median over rounds: the drift-free comparison).
@@ -35,24 +38,28 @@ class PlanBench(Bench):
 
     def __init__(self, *a, **kw):
         self.rows: list[dict] = []
+        self.stage: int | None = None
         super().__init__(*a, **kw)
 
     def emit(self, row: dict) -> None:
+        if self.stage is not None and row["part"] in ("compiled", "ratio"):
+            row = {**row, "stage": self.stage}
         self.rows.append(row)
         super().emit(row)
 
 
-def parse_plans(spec: str) -> dict[str, zz.Plan | None]:
-    """"name=FILE,name=full,..." -> {name: plan (None for full attention)}, in the order given."""
-    out = {}
-    for item in spec.split(","):
+def parse_plans(spec: str) -> tuple[dict[str, zz.Plan | None], list[list[str]]]:
+    """"name=FILE,name=full;name=FILE,..." -> ({name: plan (None for full attention)} in the order given, the
+    names of each ';'-separated group)."""
+    out, groups = {}, [[item.partition("=")[0] for item in g.split(",")] for g in spec.split(";")]
+    for item in spec.replace(";", ",").split(","):
         name, sep, src = item.partition("=")
         if not sep or not name or not src:
             raise SystemExit(f"--plans items are NAME=FILE or NAME=full; got {item!r}")
         if name in out:
             raise SystemExit(f"--plans names {name!r} twice")
         out[name] = None if src == "full" else zz.Plan.load(src)
-    return out
+    return out, groups
 
 
 def split_twins(plans: dict[str, zz.Plan | None]) -> tuple[list[str], dict[str, str]]:
@@ -108,7 +115,8 @@ def table(rows: list[dict], ref: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="an alias, a .gguf file or a local directory")
-    ap.add_argument("--plans", required=True, help="NAME=FILE or NAME=full, comma-separated (timed in this order)")
+    ap.add_argument("--plans", required=True, help="NAME=FILE or NAME=full, comma-separated (timed in this order); "
+                    "';' starts a new group (a later stage)")
     ap.add_argument("--reference", help="the plan every ratio is taken against (default: the first zigzag*, "
                     "else the first plan)")
     ap.add_argument("--contexts", default="8192,32768")
@@ -124,10 +132,10 @@ def main() -> None:
     args = ap.parse_args()
     args.dynamic = None if args.dynamic == "auto" else True
     start = time.time()
-    plans = parse_plans(args.plans)
+    plans, groups = parse_plans(args.plans)
     ref = args.reference or next((p for p in plans if p.startswith("zigzag")), next(iter(plans)))
-    if ref not in plans:
-        ap.error(f"--reference {ref!r} is not one of --plans ({', '.join(plans)})")
+    if ref not in groups[0]:
+        ap.error(f"--reference {ref!r} is not in the first group of --plans ({', '.join(groups[0])})")
     torch._dynamo.config.recompile_limit = 64
     torch._dynamo.config.cache_size_limit = 64
     timed, aliases = split_twins(plans)
@@ -135,17 +143,22 @@ def main() -> None:
     contexts = [int(x) for x in args.contexts.split(",")]
     for name, plan in plans.items():
         bench.emit(plan_row(bench, name, plan, contexts, aliases.get(name)))
-    for b in (int(x) for x in args.batches.split(",")):
-        for n in contexts:
-            if time.time() - start > args.budget_s:
-                bench.emit({"part": "skipped", "n": n, "batch": b, "why": "budget"})
-                continue
-            try:
-                point(bench, timed, aliases, ref, n, b)
-            except torch.OutOfMemoryError:
-                bench.emit({"part": "compiled", "policy": "*", "n": n, "batch": b, "skipped": "OOM"})
-                bench.reset_compiled()
-                reset_peak()
+    for k in range(1, len(groups) + 1):
+        names = {n for g in groups[:k] for n in g}
+        stage_aliases = {a: t for a, t in aliases.items() if a in names}
+        stage_timed = [n for n in timed if n in names or n in stage_aliases.values()]
+        bench.stage = k if len(groups) > 1 else None
+        for b in (int(x) for x in args.batches.split(",")):
+            for n in contexts:
+                if time.time() - start > args.budget_s:
+                    bench.emit({"part": "skipped", "stage": k, "n": n, "batch": b, "why": "budget"})
+                    continue
+                try:
+                    point(bench, stage_timed, stage_aliases, ref, n, b)
+                except torch.OutOfMemoryError:
+                    bench.emit({"part": "compiled", "policy": "*", "n": n, "batch": b, "skipped": "OOM"})
+                    bench.reset_compiled()
+                    reset_peak()
     print(table(bench.rows, ref))
 
 

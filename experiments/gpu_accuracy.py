@@ -59,8 +59,9 @@ PRIORITY = [  # (policies, tasks) chunks, most needed first; every length of --l
     ([f"random-{i}@0.25" for i in range(1, 6)], TASKS),
     # the frontier (issue #16): hybrids at zigzag@r's KV; m = 1 copies zigzag@r's rows (an identical plan)
     ([f"hybrid-m{m}@{r}" for m in (2, 4, 1) for r in hp.RATIOS], hp.TASKS),
+    ([f"hybrid-m{m}-s8@{r}" for m in (2, 4) for r in hp.RATIOS], hp.TASKS),
 ]
-FRONTIER = ["full", *(f"{p}@{r}" for r in hp.RATIOS for p in ("zigzag", "duo", *(f"hybrid-m{m}" for m in hp.MIXED)))]
+FRONTIER = ["full", *(f"{p}@{r}" for r in hp.RATIOS for p in ("zigzag", "duo", *hp.NAMES))]
 
 
 def log(msg: str) -> None:

@@ -8,10 +8,12 @@
 #                                            # and scores; rows in docs/results/qwen/matrix.jsonl are skipped
 #   bash experiments/gpu_session.sh bench8b  # random-weight Llama-3-8B shape: per-layer cost JSON (layer_cost.py),
 #                                            # throughput at the memory limit and host time (throughput.py)
-#   bash experiments/gpu_session.sh frontier05   # issue #16 part 3, 0.5B: compiled decode of full, zigzag@0.5,
-#                                                # hybrid-m{1,2,4}@0.5, duo@0.5 interleaved at 8k/32k (bench_plans.py),
-#                                                # then the hybrids' accuracy (4 tasks x 4k..32k, n=48) to the deadline
+#   bash experiments/gpu_session.sh frontier05   # issue #16 part 3, 0.5B: compiled decode of zigzag@0.5, the
+#                                                # hybrids at 0.5, duo@0.5 and full interleaved at 8k/32k B=1
+#                                                # (bench_plans.py, 3 stages), then the hybrids' accuracy (4 tasks x
+#                                                # 4k..32k, n=48) until the deadline
 #   bash experiments/gpu_session.sh frontier05b  # the same at 0.25 (timing), then the accuracy rows still missing
+#   bash experiments/gpu_session.sh frontier05e  # only the accuracy rows still missing
 # State (plans, scores, finished rows) stays under /root/zz-state while the machine is held; results go to $OUT.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -46,7 +48,7 @@ case $1 in
       > $OUT/throughput_log.txt 2>&1; echo "throughput rc=$?"
     grep -v '^{' $OUT/throughput_log.txt | grep -E "Traceback|Error" | tail -8
     python benchmarks/throughput.py --report $OUT/throughput.jsonl --png $OUT/throughput.png ;;
-  frontier05|frontier05b)  # $OUT: q05/matrix.jsonl, q05/log.txt, t$r/bench_plans.jsonl, t$r/log.txt
+  frontier05|frontier05b|frontier05e)  # $OUT: q05/matrix.jsonl, q05/log.txt, t$r/bench_plans.jsonl, t$r/log.txt
     mkdir -p $S/q05
     [ -f $S/q05/head_scores.json ] || cp docs/results/qwen/*.json $S/q05/
     [ -f $S/q05/matrix.jsonl ] || cp docs/results/qwen/matrix.jsonl $S/q05/  # zigzag/duo rows; m1 copies zigzag's
@@ -54,13 +56,17 @@ case $1 in
     python experiments/gpu_accuracy.py plans --state $S/q05 --out $S/q05f | tail -12
     P=$S/q05f/plans; w=$M/q05-bf16; [ -f $w/config.json ] || w=$M/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
     left=$(( end - $(date +%s) - 150 ))  # the timing may use all but 150 s; the accuracy chunks fill the rest
-    mkdir -p $OUT/t$r
-    plans=full=full; for p in zigzag hybrid-m1 hybrid-m2 hybrid-m4 duo; do plans+=",$p@$r=$P/${p}_$r.json"; done
-    timeout $left python benchmarks/bench_plans.py --model $w --out $OUT/t$r --contexts 8192,32768 --batches 1 \
-      --plans $plans --reference zigzag@$r --steps 24 --rounds 6 --budget-s $(( left - 60 )) > $OUT/t$r/log.txt 2>&1
-    echo "bench_plans rc=$?"; grep -v '^{' $OUT/t$r/log.txt | grep -vi warning | tail -16
+    f() { for p in "$@"; do [ $p = full ] && printf 'full=full,' || printf '%s@%s=%s/%s_%s.json,' $p $r $P $p $r; done; }
+    plans="$(f zigzag hybrid-m1 hybrid-m2);$(f duo full hybrid-m4);$(f hybrid-m2-s8 hybrid-m4-s8)"
+    plans=${plans//,;/;}; plans=${plans%,}  # groups (stages): the target pair first, each later one adds compiles
+    if [ $1 != frontier05e ]; then
+      mkdir -p $OUT/t$r
+      timeout $left python benchmarks/bench_plans.py --model $w --out $OUT/t$r --contexts 8192,32768 --batches 1 \
+        --plans "$plans" --reference zigzag@$r --steps 24 --rounds 6 --budget-s $(( left - 45 )) > $OUT/t$r/log.txt 2>&1
+      echo "bench_plans rc=$?"; grep -v '^{' $OUT/t$r/log.txt | grep -vi warning | tail -24
+    fi
+    pol=$(for n in hybrid-m1 hybrid-m2 hybrid-m4 hybrid-m2-s8 hybrid-m4-s8; do printf '%s@0.5,%s@0.25,' $n $n; done)
     python experiments/gpu_accuracy.py eval "${q05[@]}" --cache $M/q05-bf16 --workers 16 --deadline $end \
-      --tasks multikey,multivalue,niah,passkey --policies $(printf 'hybrid-m%s@0.5,hybrid-m%s@0.25,' 2 2 4 4 1 1) \
-      2>&1 | grep -v Warning | tee -a $OUT/q05/log.txt ;;
-  *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b" >&2; exit 2 ;;
+      --tasks multikey,multivalue,niah,passkey --policies ${pol%,} 2>&1 | grep -v Warning | tee -a $OUT/q05/log.txt ;;
+  *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b|frontier05e" >&2; exit 2 ;;
 esac

@@ -22,7 +22,8 @@ from pathlib import Path
 from report_matrix import cell_names, common_cells
 
 RATIOS = ("0.5", "0.25")
-DEFAULT = ["full", *(f"{p}@{r}" for r in RATIOS for p in ("zigzag", "hybrid-m1", "hybrid-m2", "hybrid-m4", "duo"))]
+HYBRIDS = ["hybrid-m1", "hybrid-m2", "hybrid-m4", "hybrid-m2-s8", "hybrid-m4-s8"]  # experiments/hybrid_policies.py
+DEFAULT = ["full", *(f"{p}@{r}" for r in RATIOS for p in ("zigzag", *HYBRIDS, "duo"))]
 BATCH = 1
 
 
@@ -69,11 +70,12 @@ def summary(acc_rows: list[dict], t: dict, policies: list[str]) -> tuple[list[di
                 c, a = (sum(by[duo, task, n][k] for tt, n in common if tt == task) for k in ("correct", "answers"))
                 share[task] = acc[task] / (c / a) if c else float("nan")
         longest = max(n for _, n in common)
+        twin = by[(p, *common[0])].get("same_as")  # an identical plan: its timing stands for this one
         kv = by[p, common[-1][0], longest]["kv_fraction"] if (p, common[-1][0], longest) in by else float("nan")
         out.append({"policy": p, "kv_fraction": kv, "longest": longest, "same_as": by[(p, *common[0])].get("same_as"),
                     "mean_accuracy": sum(by[(p, *c)]["accuracy"] for c in common) / len(common), "task_acc": acc,
-                    "share_of_duo": share, "ms": {n: t["ms"].get((p, n)) for n in contexts},
-                    "vs": {n: t["vs"].get((p, n)) for n in contexts},
+                    "share_of_duo": share, "ms": {n: t["ms"].get((p, n), t["ms"].get((twin, n))) for n in contexts},
+                    "vs": {n: t["vs"].get((p, n), t["vs"].get((twin, n))) for n in contexts},
                     "kv_bytes": t["bytes"].get((p, longest))})
     return out, common
 
@@ -99,7 +101,7 @@ def targets(items: list[dict]) -> list[str]:
     """The issue's two targets, per ratio, for the hybrids with at most 2 mixed layers."""
     out = []
     for it in items:
-        m = re.fullmatch(r"hybrid-m(\d+)@.+", it["policy"])
+        m = re.fullmatch(r"hybrid-m(\d+)(-s\d+)?@.+", it["policy"])
         if not m or int(m.group(1)) > 2:
             continue
         shares = list(it["share_of_duo"].values())
@@ -137,7 +139,8 @@ def png(items: list[dict], path: str, title: str, context: int | None) -> None:
     for it in (it for it in items if not it["same_as"]):
         label = " = ".join([it["policy"], *also[it["policy"]]])
         fam = it["policy"].split("@")[0]
-        marker, color = styles.get(fam, ("D", {"hybrid-m1": "C2", "hybrid-m2": "C3", "hybrid-m4": "C4"}.get(fam, "C5")))
+        marker, color = styles.get(fam, ("D" if "-s" in fam else "P", {"hybrid-m1": "C2", "hybrid-m2": "C3",
+                                                                         "hybrid-m4": "C4"}.get(fam[:9], "C5")))
         y = it["mean_accuracy"]
         ms = it["ms"].get(context) if context else None
         kv = it["kv_bytes"] or (it["kv_fraction"] * full_bytes if full_bytes else it["kv_fraction"])

@@ -26,10 +26,11 @@ def test_parse_plans_and_twins(tmp_path):
     mixed = zz.Plan.from_heads([[True, False]] * 4, sink=4, window=8, model=INFO)
     for name, p in (("z", z), ("s", same), ("m", mixed)):
         p.save(tmp_path / f"{name}.json")
-    plans = bench_plans.parse_plans(f"full=full,z={tmp_path}/z.json,h1={tmp_path}/s.json,d={tmp_path}/m.json")
+    plans, groups = bench_plans.parse_plans(f"full=full,z={tmp_path}/z.json;h1={tmp_path}/s.json,d={tmp_path}/m.json")
     assert list(plans) == ["full", "z", "h1", "d"] and plans["full"] is None
+    assert groups == [["full", "z"], ["h1", "d"]]
     assert bench_plans.split_twins(plans) == (["full", "z", "d"], {"h1": "z"})
-    for bad in ("z", "z=", "full=full,full=full"):
+    for bad in ("z", "z=", "full=full;full=full"):
         with pytest.raises(SystemExit):
             bench_plans.parse_plans(bad)
 

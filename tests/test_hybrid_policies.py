@@ -30,10 +30,10 @@ def zigzag(r: float) -> zz.Plan:
 def test_equal_kv_and_mixed_bound():
     robust, gates = scores()
     zig = {r: zigzag(r) for r in hp.RATIOS}
-    got = hp.hybrids(robust, gates, zig, N, mixed=(1, 2, 4, 24))
-    assert set(got) == {f"hybrid-m{m}@{r}" for m in (1, 2, 4, 24) for r in hp.RATIOS}
+    got = hp.hybrids(robust, gates, zig, N, variants=(*hp.VARIANTS, ("-s3", 3.0, (1, 24))))
+    assert set(got) == {f"{n}@{r}" for n in (*hp.NAMES, "hybrid-m1-s3", "hybrid-m24-s3") for r in hp.RATIOS}
     for name, plan in got.items():
-        m, r = int(name[len("hybrid-m"):name.index("@")]), float(name.split("@")[1])
+        m, r = int(name[len("hybrid-m"):].split("@")[0].split("-")[0]), float(name.split("@")[1])
         assert hp.retrieval_heads(plan) == hp.retrieval_heads(zig[r])
         assert len(plan.mixed_layers) <= m
         for n in (4096, 8192, 16384, 32768):
@@ -41,6 +41,8 @@ def test_equal_kv_and_mixed_bound():
     # 2 KV heads a layer: one mixed layer cannot change a plan with an even head count
     assert got["hybrid-m1@0.5"].head_mask(2) == zig[0.5].head_mask(2)
     assert got["hybrid-m2@0.5"].mixed_layers  # the gates make a split worth it here
+    assert len(got["hybrid-m4-s8@0.5"].mixed_layers) == 4  # sharper shares: more layers split
+    assert got["hybrid-m4-s8@0.5"].provenance["sharpness"] == 8.0
     same = hp.twins({"zigzag@0.5": zig[0.5], **got, "full": None})
     assert "hybrid-m1@0.5" in same["zigzag@0.5"] and "full" not in same
 

@@ -49,6 +49,18 @@ def test_m0_is_the_ranking_plan_and_lopsided_layers_split():
     assert solve_hybrid(even, kv_budget=f, context_length=N, max_mixed=2).head_mask(2) == zig.head_mask(2)
 
 
+def test_sharpness():
+    layers = ranks([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    gates = Scores([[0.6, 1.0], [1.0, 1.0], [0.0, 0.5], [1.0, 0.9], [1.0, 1.0], [1.0, 1.0]], model=MODEL)
+    s1, s8 = split_layer_scores(layers, gates), split_layer_scores(layers, gates, sharpness=8)
+    assert s1.heads[0].tolist() == pytest.approx([6 * 0.375, 6 * 0.625])
+    assert s8.heads[0].tolist() == pytest.approx([6 * 0.6**8 / (1 + 0.6**8), 6 / (1 + 0.6**8)])
+    assert s8.heads[1].tolist() == [2.5, 2.5] and s8.heads[2].tolist() == [0.0, 4.0]
+    assert torch.allclose(s8.heads.sum(1), layers.layers) and s8.meta["sharpness"] == 8
+    with pytest.raises(ValueError, match="sharpness must be a number > 0"):
+        split_layer_scores(layers, gates, sharpness=0)
+
+
 def test_errors():
     layers = ranks([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
     with pytest.raises(ValueError, match="layer scores must be >= 0"):

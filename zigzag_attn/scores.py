@@ -141,16 +141,19 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
                          f"{t[tuple(bad[0])].item()}")
 
 
-def split_layer_scores(layers: Scores, heads: Scores, *, method: str | None = None) -> Scores:
+def split_layer_scores(layers: Scores, heads: Scores, *, sharpness: float = 1.0, method: str | None = None) -> Scores:
     """Scores for `solve_hybrid` that keep a layer ranking and let head scores decide where a layer can split.
 
     Each layer's score `layers.layers[l]` (shape `[num_layers]`, >= 0) is shared among its KV heads in proportion
-    to `heads.heads[l]` (shape `[num_layers, num_kv_heads]`, >= 0; a layer whose head scores are all 0 shares
-    equally): `out.heads[l, h] = layers.layers[l] * heads.heads[l, h] / sum_h heads.heads[l, h]`, and
+    to `heads.heads[l] ** sharpness` (shape `[num_layers, num_kv_heads]`, >= 0; a layer whose head scores are all
+    0 shares equally): `out.heads[l, h] = layers.layers[l] * w[l, h] / sum_h w[l, h]` with `w = heads.heads **
+    sharpness`, and
     `out.layers = layers.layers`. So a whole layer retains exactly its layer score and `solve_hybrid(out,
     max_mixed=0)` is `solve(layers)`'s plan; with mixed layers allowed, the solver gives up a whole retrieval layer
     for one head of each of two streaming layers where those heads carry most of their layers' score (e.g.
-    DuoAttention gates of one head near 1, the other near 0). `model` comes from `layers` (else `heads`).
+    DuoAttention gates of one head near 1, the other near 0). `sharpness` > 1 makes unequal heads more unequal
+    (gates 0.6 and 1.0 share 0.37 / 0.63 at 1, 0.02 / 0.98 at 8), so small differences between near-equal heads
+    matter less than a clearly weaker head. `model` comes from `layers` (else `heads`).
     """
     for s, what in ((layers, "layers"), (heads, "heads")):
         if not isinstance(s, Scores):
@@ -166,10 +169,12 @@ def split_layer_scores(layers: Scores, heads: Scores, *, method: str | None = No
     if (heads.heads < 0).any():
         raise ValueError(f"head scores must be >= 0 (they are shares of a layer); the lowest is "
                          f"{float(heads.heads.min())}")
-    h = heads.heads.double()
+    if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)) or not 0 < sharpness < float("inf"):
+        raise ValueError(f"sharpness must be a number > 0 (the power of the head scores); got {sharpness!r}")
+    h = heads.heads.double() ** sharpness
     total = h.sum(dim=1, keepdim=True)
     share = torch.where(total > 0, h / total.clamp_min(1e-300), 1.0 / h.shape[1])
     split = (layers.layers.double()[:, None] * share).float()
-    meta = {"layers_method": layers.method, "heads_method": heads.method}
+    meta = {"layers_method": layers.method, "heads_method": heads.method, "sharpness": sharpness}
     return Scores(split, layers.layers, layers.model or heads.model,
                   method or f"{layers.method}+{heads.method}", meta)
