@@ -61,7 +61,7 @@ case $1 in
     plans=${plans//,;/;}; plans=${plans%,}  # groups (stages): the target pair first, each later one adds compiles
     if [ $1 != frontier05e ]; then
       mkdir -p $OUT/t$r
-      timeout $left python benchmarks/bench_plans.py --model $w --out $OUT/t$r --contexts 8192,32768 --batches 1 \
+      timeout -k 15 $left python benchmarks/bench_plans.py --model $w --out $OUT/t$r --contexts 8192,32768 --batches 1 \
         --plans "$plans" --reference zigzag@$r --steps 24 --rounds 6 --budget-s $(( left - 45 )) > $OUT/t$r/log.txt 2>&1
       echo "bench_plans rc=$?"; grep -v '^{' $OUT/t$r/log.txt | grep -vi warning | tail -24
     fi
