@@ -54,7 +54,6 @@ SHAPES = {"llama3-8b": (32, 8, 128, 4096, False), "qwen2.5-coder-0.5b": (14, 2, 
 SMOKE = dict(shapes="tiny", contexts="24,48", batches="1,2", sink=4, window=8, reps=2, prefill_reps=2,
              prefill_max_tokens=96)
 CUDA = torch.cuda.is_available()
-START = time.perf_counter()  # --max-seconds counts from here (after the imports)
 
 
 def build(shape: str, sink: int, window: int):
@@ -221,6 +220,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 def run(args, shapes: list[str], argv: list[str]) -> Path:
     """Time every point (decode first, every shape, then prefill) and save after each one."""
+    start = time.perf_counter()  # --max-seconds counts from here
     torch.manual_seed(0)
     runner = Runner()
     models = {s: build(s, args.sink, args.window) for s in shapes}
@@ -251,7 +251,7 @@ def run(args, shapes: list[str], argv: list[str]) -> Path:
                 for n in map(int, contexts.split(",")):
                     if phase == "prefill" and b * n > args.prefill_max_tokens:
                         continue
-                    if time.perf_counter() - START > args.max_seconds:
+                    if time.perf_counter() - start > args.max_seconds:
                         cost.meta["skipped"].append(f"{s} {phase} B={b} N={n}")
                         continue
                     t = time.perf_counter()
@@ -272,14 +272,14 @@ def run(args, shapes: list[str], argv: list[str]) -> Path:
                         pts = cost.points.setdefault((phase, b, h, H, d), [])
                         pts[:] = sorted([(m, x) for m, x in pts if m != n] + [(n, round(sec, 9))])
                     cost.meta["late_samples"] += runner.late
-                    cost.meta["seconds"] = round(time.perf_counter() - START, 1)
+                    cost.meta["seconds"] = round(time.perf_counter() - start, 1)
                     cost.save(path)  # after every point: a run cut short keeps what it measured
                     cells = "  ".join(f"{h}/{H}:{sec * 1e6:9.1f}" for h, sec in zip(hs, got, strict=True))
                     print(f"{s:>20} {phase:>7} {b:>2} {n:>7}  {cells}   ({time.perf_counter() - t:.1f} s"
                           + (f", {runner.late} late" if runner.late else "") + ")", flush=True)
                     if CUDA:
                         torch.cuda.empty_cache()
-    cost.meta["seconds"] = round(time.perf_counter() - START, 1)
+    cost.meta["seconds"] = round(time.perf_counter() - start, 1)
     cost.save(path)
     print(f"wrote {path}: {sum(map(len, cost.points.values()))} figures in {cost.meta['seconds']} s since start; "
           f"{len(cost.meta['skipped'])} points skipped for time (--max-seconds), {len(cost.meta['failed'])} failed, "

@@ -16,7 +16,7 @@ import layer_cost  # noqa: E402
 
 
 def test_smoke_run_writes_a_loadable_cost_file(tmp_path):
-    path = layer_cost.main(["--out", str(tmp_path), "--smoke"])
+    path = layer_cost.main(["--out", str(tmp_path), "--smoke", "--max-seconds", "1e9"])
     assert path == tmp_path / "cpu.json"
     cost = CostModel.load(path)
     raw = json.loads(path.read_text())
@@ -46,10 +46,10 @@ def test_smoke_run_writes_a_loadable_cost_file(tmp_path):
 
 
 def test_append_keeps_the_figures_of_an_earlier_run(tmp_path):
-    layer_cost.main(["--out", str(tmp_path), "--smoke", "--phases", "decode"])
+    layer_cost.main(["--out", str(tmp_path), "--smoke", "--phases", "decode", "--max-seconds", "1e9"])
     decode = CostModel.load(tmp_path / "cpu.json").points
     assert {k[0] for k in decode} == {"decode"}
-    layer_cost.main(["--out", str(tmp_path), "--smoke", "--phases", "prefill", "--append"])
+    layer_cost.main(["--out", str(tmp_path), "--smoke", "--phases", "prefill", "--append", "--max-seconds", "1e9"])
     both = CostModel.load(tmp_path / "cpu.json")
     assert {k: v for k, v in both.points.items() if k[0] == "decode"} == decode
     assert {k[0] for k in both.points} == {"decode", "prefill"} and len(both.meta["earlier_runs"]) == 1
