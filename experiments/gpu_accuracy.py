@@ -22,6 +22,7 @@ plans: writes --out/plans/NAME.json ('@' as '_') for --policies (default: the fr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import os
@@ -35,6 +36,7 @@ import torch
 
 import zigzag_attn as zz
 from zigzag_attn.data.calibration import calibration_groups
+from zigzag_attn.data.passkey import Sample
 from zigzag_attn.data.texts import load_text
 from zigzag_attn.eval import all_streaming, random_sets
 from zigzag_attn.eval.tasks import make
@@ -165,20 +167,31 @@ def _plan_file(state: Path, r: float) -> Path:
     return found[0]
 
 
-def prompts(cfg, tok, tasks, lengths, workers: int = 1) -> dict[tuple[str, int], list]:
+def prompts(cfg, tok, tasks, lengths, workers: int = 1, store: Path | None = None) -> dict[tuple[str, int], list]:
     """Every (task, length) cell: cfg["n"] prompts of each genre, the first genre's first. Built in `workers`
-    forked processes (call it before CUDA is touched); the prompts do not depend on how they were built."""
+    forked processes (call it before CUDA is touched); the prompts do not depend on how they were built. With
+    `store` (a file in --state), cells built by an earlier call on this machine are read back instead."""
     jobs = [(task, n, g) for task in tasks for n in lengths for g in GENRES]
+    vocab = hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()[:16]
+    key = {j: f"{vocab}|{cfg['n']}|{'/'.join(map(str, j))}" for j in jobs}
+    kept = torch.load(store, weights_only=True) if store is not None and store.exists() else {}
+    todo = [j for j in jobs if key[j] not in kept]
     global _TOK, _N
     _TOK, _N = tok, cfg["n"]
-    if workers > 1:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
-            made = pool.map(_cell, jobs, chunksize=1)
+    if workers > 1 and len(todo) > 1:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(todo))) as pool:
+            made = pool.map(_cell, todo, chunksize=1)
     else:
-        made = list(map(_cell, jobs))
+        made = list(map(_cell, todo))
+    for j, samples in zip(todo, made, strict=True):
+        kept[key[j]] = [{"input_ids": s.input_ids, "labels": s.labels, "answers": list(s.answers),
+                         "depths": list(s.depths)} for s in samples]
+    if store is not None and todo:
+        torch.save(kept, store)
     cells: dict[tuple[str, int], list] = {}
-    for (task, n, _), samples in zip(jobs, made, strict=True):
-        cells.setdefault((task, n), []).extend(samples)
+    for task, n, g in jobs:
+        cells.setdefault((task, n), []).extend(
+            Sample(d["input_ids"], d["labels"], tuple(d["answers"]), tuple(d["depths"])) for d in kept[key[task, n, g]])
     return cells
 
 
@@ -302,7 +315,7 @@ def main() -> None:
         log(f"loaded {args.name} in {time.perf_counter() - t:.1f} s on {args.device}")
         return calibrate(args, cfg, model, tok, state, out)
     tasks = [t for t in TASKS if not args.tasks or t in args.tasks.split(",")]
-    cells = prompts(cfg, tokenizer_of(args), tasks, cfg["lengths"], args.workers)
+    cells = prompts(cfg, tokenizer_of(args), tasks, cfg["lengths"], args.workers, state / "prompts.pt")
     log(f"{sum(map(len, cells.values()))} prompts built in {time.perf_counter() - t:.1f} s ({args.workers} workers)")
     t = time.perf_counter()
     model, tok = load_model(args)

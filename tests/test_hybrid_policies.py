@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import zigzag_attn as zz
 
@@ -59,3 +60,17 @@ def test_write_plans(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["duo_0.5.json", "hybrid-m2_0.25.json"]
     plan = zz.Plan.load(tmp_path / "hybrid-m2_0.25.json")
     assert plan.provenance["equal_kv_to"] == "zigzag@0.25" and hp.retrieval_heads(plan) == 12
+
+
+def test_prompt_store_gives_the_built_prompts(smollm2, tmp_path):
+    # gpu_accuracy.prompts with a store: a later call reads back exactly what building gives, and builds only the
+    # cells the store lacks
+    tok, cfg, store = smollm2[1], dict(gpu_accuracy.SMOKE), tmp_path / "prompts.pt"
+    built = gpu_accuracy.prompts(cfg, tok, ["multikey", "niah"], (384,))
+    gpu_accuracy.prompts(cfg, tok, ["multikey"], (384,), store=store)
+    again = gpu_accuracy.prompts(cfg, tok, ["multikey", "niah"], (384,), store=store)
+    assert sorted(again) == sorted(built)
+    for cell, samples in built.items():
+        assert [(s.input_ids.tolist(), s.labels.tolist(), s.answers, s.depths) for s in again[cell]] == \
+            [(s.input_ids.tolist(), s.labels.tolist(), s.answers, s.depths) for s in samples], cell
+    assert len(torch.load(store, weights_only=True)) == 2 * len(gpu_accuracy.GENRES)
