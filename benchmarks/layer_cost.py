@@ -46,7 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zigzag_attn as zz  # noqa: E402
 from zigzag_attn.cost import CostModel, device_slug  # noqa: E402
 from zigzag_attn.runtime.hooks import cache_arg  # noqa: E402
-from zigzag_attn.runtime.static_cache import RingLayer, StaticMixedLayer, ZigzagStaticCache  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import copy_bandwidth, mark_filled  # noqa: E402
 
 # name: (query heads, KV heads, head_dim, hidden size, qkv bias)
 SHAPES = {"llama3-8b": (32, 8, 128, 4096, False), "qwen2.5-coder-0.5b": (14, 2, 64, 896, True),
@@ -153,27 +155,14 @@ class Runner:
         return [statistics.median(col) for col in zip(*samples, strict=True)]
 
 
-def mark_filled(cache: ZigzagStaticCache, n: int, sink: int, window: int) -> None:
-    """Make a static cache look as if `n` tokens had been seen (contents unchanged; see benchmarks/bench.py)."""
-    for layer in cache.layers:
-        for sub in (layer.full, layer.stream) if isinstance(layer, StaticMixedLayer) else (layer,):
-            sub.cumulative_length.fill_(n)
-    if cache.ring_pos is not None and any(isinstance(x, (RingLayer, StaticMixedLayer)) for x in cache.layers):
-        pos = torch.cat([torch.arange(sink), torch.arange(n - window, n)]).to(cache.ring_pos.device)
-        slot = torch.where(pos < sink, pos, sink + (pos - sink) % window)
-        cache.ring_pos.fill_(-1)
-        cache.ring_pos[:, slot] = pos
-        cache.next_pos.fill_(n)
-
-
 @torch.no_grad()
-def decode_point(model, timer, runner, n: int, batch: int, reps: int, sink: int, window: int) -> list[float]:
+def decode_point(model, timer, runner, n: int, batch: int, reps: int) -> list[float]:
     warm = 2
     cache = zz.make_cache(model, max_cache_len=n + warm + 2 * reps + 24)  # room for every sample and retry
     kw = {cache_arg(model.forward): cache}
     tok = torch.randint(10, 256, (batch, 1), device=model.device)
     model(input_ids=tok, use_cache=True, **kw)  # allocates the cache
-    mark_filled(cache, n, sink, window)
+    mark_filled(cache, n)  # sink and window from the cache's plan
     return runner.median(timer, lambda: model(input_ids=tok, use_cache=True, logits_to_keep=1, **kw), warm, reps)
 
 
@@ -257,7 +246,7 @@ def run(args, shapes: list[str], argv: list[str]) -> Path:
                     t = time.perf_counter()
                     try:
                         if phase == "decode":
-                            got = decode_point(model, timers[s], runner, n, b, args.reps, args.sink, args.window)
+                            got = decode_point(model, timers[s], runner, n, b, args.reps)
                         else:
                             got = prefill_point(model, timers[s], runner, n, b, args.prefill_reps)
                     except (RuntimeError, torch.OutOfMemoryError) as e:  # one point's failure: keep the others
@@ -286,22 +275,6 @@ def run(args, shapes: list[str], argv: list[str]) -> Path:
           f"{cost.meta['late_samples']} "
           "samples taken with the host behind the device")
     return path
-
-
-def copy_bandwidth() -> float:
-    """HBM bytes/s of a 2 GiB device copy (read + write), for the fallback beyond the measured range."""
-    a = torch.empty(1 << 31, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    b.copy_(a)
-    times = []
-    for _ in range(5):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        b.copy_(a)
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return 2 * (1 << 31) / statistics.median(times) * 1e3
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def load(model: str, *, dtype=None, device: str | None = None, config=None):
     from transformers import AutoModelForCausalLM
 
     folder, kwargs = _located(model)
-    tokenizer = load_tokenizer(model)
+    tokenizer = _tokenizer(folder, kwargs)
     lm = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype or torch.float32,
                                               config=config, **kwargs)
     if model in ALIASES:
@@ -101,9 +101,12 @@ def load(model: str, *, dtype=None, device: str | None = None, config=None):
 
 def load_tokenizer(model: str):
     """The tokenizer alone (a local directory, a `.gguf` file or an alias), offline."""
+    return _tokenizer(*_located(model))
+
+
+def _tokenizer(folder: Path, kwargs: dict):
     from transformers import AutoTokenizer
 
-    folder, kwargs = _located(model)
     return AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
 
 
