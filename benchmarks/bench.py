@@ -321,10 +321,16 @@ def policy_models(base, plans: dict[str, zz.Plan | None], decode_backend: str) -
     return models
 
 
-def run_step(call) -> None:
-    """One compiled decode step; a new CUDA-graph generation each time, as `generate` starts one per token."""
+def run_step(call):
+    """One compiled decode step (its output); a new CUDA-graph generation each time, as `generate` starts one per
+    token."""
     torch.compiler.cudagraph_mark_step_begin()
-    call()
+    return call()
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 HOST_STEPS = 5
@@ -332,16 +338,20 @@ HOST_STEPS = 5
 
 def host_ms(call) -> float:
     """Median host time of a compiled step, from its call until it returns (the device idle before, not after)."""
+    return host_times(call, HOST_STEPS)["ms"]
+
+
+def host_times(call, steps: int) -> dict:
+    """Median and p10/p90 host ms of `steps` compiled steps, each started with the device idle."""
     got = []
-    for _ in range(HOST_STEPS):
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
+    for _ in range(steps):
+        sync()
         t = time.perf_counter()
         run_step(call)
         got.append((time.perf_counter() - t) * 1e3)
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-    return statistics.median(got)
+    sync()
+    got.sort()
+    return {"ms": statistics.median(got), "p10": got[len(got) // 10], "p90": got[9 * len(got) // 10]}
 
 
 def reset_peak() -> int:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import host_times, run_step, sync  # noqa: E402
 
 GROUPS = (  # (substring of the file path, group); the first match wins
     ("zigzag_attn", "ours (zigzag_attn)"),
@@ -51,36 +52,13 @@ def group_of(func: tuple) -> str:
     return next((g for key, g in GROUPS if key in path), "other Python")
 
 
-def step_once(call):
-    torch.compiler.cudagraph_mark_step_begin()
-    return call()
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def host_ms(call, steps: int) -> dict:
-    """Median and p10/p90 host ms of `steps` calls, each started with the device idle."""
-    got = []
-    for _ in range(steps):
-        sync()
-        t = time.perf_counter()
-        step_once(call)
-        got.append((time.perf_counter() - t) * 1e3)
-    sync()
-    got.sort()
-    return {"ms": statistics.median(got), "p10": got[len(got) // 10], "p90": got[9 * len(got) // 10]}
-
-
 def profile_groups(call, steps: int) -> dict:
     """Host ms per step in each group (cProfile's own time: tottime), largest first, and the top functions."""
     prof = cProfile.Profile()
     for _ in range(steps):
         sync()
         prof.enable()
-        step_once(call)
+        run_step(call)
         prof.disable()
     sync()
     stats = pstats.Stats(prof).stats
@@ -110,7 +88,7 @@ def logits_from(call, state: list[torch.Tensor], saved: list[torch.Tensor]) -> t
     """Restore the bookkeeping tensors, run one step, return its logits `(batch, 1, vocab)`."""
     for t, s in zip(state, saved, strict=True):
         t.copy_(s)
-    return step_once(call).logits.clone()  # a CUDA graph's outputs are overwritten by its next replay
+    return run_step(call).logits.clone()  # a CUDA graph's outputs are overwritten by its next replay
 
 
 def settings() -> dict:
@@ -159,14 +137,14 @@ def analyse(call, cache, steps: int = 20) -> dict:
     """Host time of the compiled `call` (one decode step on `cache`, already warm): plain, by group, per setting."""
     counters = torch._dynamo.utils.counters
     graphs = counters["stats"]["unique_graphs"]
-    out = {"host": host_ms(call, steps), "profile": profile_groups(call, steps), "settings": {},
+    out = {"host": host_times(call, steps), "profile": profile_groups(call, steps), "settings": {},
            "guards": guard_count()}
     state, made = state_tensors(cache), {k: v for k, v in settings().items() if v is not None}
     got: dict[str, list[float]] = {name: [] for name in made}
     for _ in range(ROUNDS):  # the settings interleaved, so that drift in the machine's load hits all alike
         for name, make in made.items():
             with make():
-                got[name].append(host_ms(call, max(1, steps // ROUNDS))["ms"])
+                got[name].append(host_times(call, max(1, steps // ROUNDS))["ms"])
     for name, make in settings().items():
         if make is None:
             out["settings"][name] = {"unavailable": "this torch's set_stance lacks it"}
@@ -216,7 +194,7 @@ def main() -> None:
     call = lambda: fn(input_ids=tok, use_cache=True, **{bench.cache_kw: cache})  # noqa: E731
     t = time.time()
     for _ in range(3):
-        step_once(call)
+        run_step(call)
     sync()
     row = {"part": "host", "policy": args.policy, "n": args.n, "batch": args.batch, "backend": args.backend,
            "first_call_s": time.time() - t, **analyse(call, cache, args.steps)}

@@ -38,7 +38,7 @@ import torch
 from transformers.generation.configuration_utils import CompileConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import DEVICE, Bench, cuda_ms, mark_filled, reset_peak, run_step  # noqa: E402
+from bench import DEVICE, Bench, cuda_ms, mark_filled, reset_peak, run_step, sync  # noqa: E402
 from bench_report import POLICIES  # noqa: E402
 from host_time import analyse  # noqa: E402
 from throughput_report import report  # noqa: E402
@@ -255,11 +255,6 @@ class time_limit:
     def __exit__(self, *exc):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self.old)
-
-
-def sync() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 def ratios(rows: dict) -> list[dict]:
