@@ -74,9 +74,9 @@ def load_model(args):
     """The model and tokenizer; with --cache, from (or else saved to) a plain copy there: later calls on the same
     machine skip the GGUF de-quantisation (about a minute for the 0.5B)."""
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    cached = args.cache and (Path(args.cache) / "config.json").exists()
-    model, tok = load(args.cache if cached else args.model, dtype=dtype, device=args.device)
-    if args.cache and not cached:  # the weights are de-quantised already; only the GGUF marker blocks saving
+    source = model_source(args)
+    model, tok = load(source, dtype=dtype, device=args.device)
+    if args.cache and source != args.cache:  # the weights are de-quantised already; only the GGUF marker blocks saving
         quantizer, model.hf_quantizer = getattr(model, "hf_quantizer", None), None
         qc = model.config.__dict__.pop("quantization_config", None)
         model.save_pretrained(args.cache)
@@ -88,9 +88,9 @@ def load_model(args):
     return model, tok
 
 
-def tokenizer_of(args):
-    cached = args.cache and (Path(args.cache) / "config.json").exists()
-    return load_tokenizer(args.cache if cached else args.model)
+def model_source(args) -> str:
+    """--cache once a call has filled it, else --model."""
+    return args.cache if args.cache and (Path(args.cache) / "config.json").exists() else args.model
 
 
 def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
@@ -315,7 +315,7 @@ def main() -> None:
         log(f"loaded {args.name} in {time.perf_counter() - t:.1f} s on {args.device}")
         return calibrate(args, cfg, model, tok, state, out)
     tasks = [t for t in TASKS if not args.tasks or t in args.tasks.split(",")]
-    cells = prompts(cfg, tokenizer_of(args), tasks, cfg["lengths"], args.workers, state / "prompts.pt")
+    cells = prompts(cfg, load_tokenizer(model_source(args)), tasks, cfg["lengths"], args.workers, state / "prompts.pt")
     log(f"{sum(map(len, cells.values()))} prompts built in {time.perf_counter() - t:.1f} s ({args.workers} workers)")
     t = time.perf_counter()
     model, tok = load_model(args)

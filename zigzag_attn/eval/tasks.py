@@ -154,7 +154,8 @@ def common_words(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | 
     out = []
     if len(pool) <= top:
         raise ValueError(f"the text has too few distinct words ({len(pool)}) for {top} common words")
-    per = len(ids(tokenizer, "\n".join(pool[:: max(1, len(pool) // 200)]))) / len(pool[:: max(1, len(pool) // 200)])
+    probe = pool[:: max(1, len(pool) // 200)]  # about 200 words: tokens per list entry
+    per = len(ids(tokenizer, "\n".join(probe))) / len(probe)
     for _ in range(_count(n)):
         words = rng.sample(pool, len(pool))
         common = words[:top]
