@@ -4,6 +4,7 @@ on the same held-out prompts. Produced docs/results/qwen/ and the shipped `<mode
     python experiments/gpu_accuracy.py calibrate --model GGUF --name NAME --state DIR --out DIR
     python experiments/gpu_accuracy.py eval --model GGUF --name NAME --state DIR --out DIR --deadline EPOCH_S
     python experiments/gpu_accuracy.py plans --state DIR --out DIR --policies NAME,...   # plan files, no model
+    python experiments/gpu_accuracy.py prompts --model GGUF --name NAME --state DIR --out DIR  # --state/prompts.pt
     python experiments/gpu_accuracy.py ... --smoke        # tiny sizes, to check the script on CPU
 
 calibrate (one call): the `method="robust"` profile (timed: that is the calibration cost) and plans at 50%, 33%
@@ -94,6 +95,13 @@ def model_source(args) -> str:
 
 
 def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
+    if args.part in ("both", "robust"):
+        robust(args, cfg, model, tok, state, out)
+    if args.part in ("both", "gates"):
+        gates(cfg, model, tok, state, out)
+
+
+def robust(args, cfg, model, tok, state: Path, out: Path) -> None:
     t = time.perf_counter()
     scores = zz.profile(model, tok, method="robust", length=cfg["length"], samples=cfg["samples"], sink=cfg["sink"],
                         window=cfg["window"], batch_size=8, candidates=cfg["candidates"], progress=False)
@@ -113,6 +121,10 @@ def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
         for d in (state, out):
             plan.save(d / f"{args.name}_{r}.json")  # '@' does not survive the device transfer
         log(f"zigzag@{r}: {plan.describe()}")
+    scores.save(out / "robust_scores.json")
+
+
+def gates(cfg, model, tok, state: Path, out: Path) -> None:
     groups = calibration_groups(tok, lengths=(cfg["gate_len"],), samples=cfg["samples"], seed=7)
     data = [s for g in groups.values() for s in g]
     t = time.perf_counter()
@@ -121,7 +133,6 @@ def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
     log(f"DuoAttention head gates: {time.perf_counter() - t:.1f} s")
     heads.save(state / "head_scores.json")
     heads.save(out / "head_scores.json")
-    scores.save(out / "robust_scores.json")
 
 
 def policies(cfg, info: zz.ModelInfo, state: Path) -> dict[str, zz.Plan | None]:
@@ -273,7 +284,7 @@ def _last(path: Path, k: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=("calibrate", "eval", "plans"))
+    ap.add_argument("command", choices=("calibrate", "eval", "plans", "prompts"))
     ap.add_argument("--model", help="a .gguf file or a local HF directory (calibrate, eval)")
     ap.add_argument("--name", help="the alias the plans record, e.g. qwen2.5-coder-0.5b (calibrate, eval)")
     ap.add_argument("--state", required=True, help="kept between calls: plans, scores, finished rows")
@@ -284,6 +295,9 @@ def main() -> None:
     ap.add_argument("--tasks", help="eval: only these tasks, comma-separated")
     ap.add_argument("--lengths", help="eval lengths, comma-separated (default: 4k, 8k, 16k, 32k)")
     ap.add_argument("--calib-length", type=int, help="calibration prompt length (default 8192)")
+    ap.add_argument("--part", choices=("both", "robust", "gates"), default="both",
+                    help="calibrate: the robust layer profile, the DuoAttention head gates, or both (two processes "
+                    "can share a GPU)")
     ap.add_argument("--candidates", type=int, help="robust profile: layers tried per greedy round (default 6)")
     ap.add_argument("--n", type=int, help="eval prompts per genre and cell (default 24: n = 48 per cell)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -317,6 +331,8 @@ def main() -> None:
     tasks = [t for t in TASKS if not args.tasks or t in args.tasks.split(",")]
     cells = prompts(cfg, load_tokenizer(model_source(args)), tasks, cfg["lengths"], args.workers, state / "prompts.pt")
     log(f"{sum(map(len, cells.values()))} prompts built in {time.perf_counter() - t:.1f} s ({args.workers} workers)")
+    if args.command == "prompts":  # only fill --state/prompts.pt, for later calls (or processes) to read
+        return
     t = time.perf_counter()
     model, tok = load_model(args)
     log(f"loaded {args.name} in {time.perf_counter() - t:.1f} s on {args.device}")

@@ -14,10 +14,15 @@
 #                                                # 4k..32k, n=48) until the deadline
 #   bash experiments/gpu_session.sh frontier05b  # the same at 0.25 (timing), then the accuracy rows still missing
 #   bash experiments/gpu_session.sh frontier05e  # only the accuracy rows still missing
+#   BG_END=<epoch s> bash experiments/gpu_session.sh launch   # both Qwen models staged: start the background jobs
+#                                            # of experiments/gpu_jobs.sh (1.5B calibration then evaluation; 0.5B
+#                                            # evaluation rows), which run across calls until BG_END, then watch
+#   bash experiments/gpu_session.sh watch    # later calls: follow the jobs until the call's budget, collect
+#   bash experiments/gpu_session.sh timing15 # after the jobs: 1.5B prefill / eager / compiled decode (bench.py)
 # State (plans, scores, finished rows) stays under /root/zz-state while the machine is held; results go to $OUT.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-M=/root/zz-models S=/root/zz-state
+M=${ZZ_MODELS:-/root/zz-models} S=${ZZ_STATE:-/root/zz-state}
 end=$(( $(date +%s) + ${BUDGET:-555} ))
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 q05=(--model $M/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-0.5b --state $S/q05 --out $OUT/q05)
@@ -68,5 +73,22 @@ case $1 in
     pol=$(for n in hybrid-m1 hybrid-m2 hybrid-m4 hybrid-m2-s8 hybrid-m4-s8; do printf '%s@0.5,%s@0.25,' $n $n; done)
     python experiments/gpu_accuracy.py eval "${q05[@]}" --cache $M/q05-bf16 --workers 16 --deadline $end \
       --tasks multikey,multivalue,niah,passkey --policies ${pol%,} 2>&1 | grep -v Warning | tee -a $OUT/q05/log.txt ;;
-  *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b|frontier05e" >&2; exit 2 ;;
+  launch)  # detached (setsid) jobs outlive this call; the machine stays held while calls keep coming
+    : "${BG_END:?BG_END (seconds since the epoch) ends the background evaluation}"
+    mkdir -p $S/jobs $S/code; rm -rf $S/code/*
+    cp -r benchmarks experiments zigzag_attn docs $S/code/  # a snapshot: later calls may replace this tree
+    for j in q15 q05a q05b; do
+      (cd $S/code && setsid nohup bash experiments/gpu_jobs.sh $j "$BG_END" > $S/jobs/$j.log 2>&1 < /dev/null &)
+    done
+    sleep 5; bash experiments/gpu_jobs.sh watch "$end" ;;
+  watch) bash experiments/gpu_jobs.sh watch "$end" ;;
+  timing15)  # alone on the GPU: stop whatever job is left first
+    pkill -f gpu_jobs.sh; pkill -f gpu_accuracy.py; sleep 3
+    p=$S/q15/qwen2.5-coder-1.5b_0.5.json; w=$M/q15-bf16; [ -f $w/config.json ] || w=$M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+    timeout -k 15 $(( end - $(date +%s) - 25 )) python benchmarks/bench.py --model $w --zigzag-plan $p \
+      --parts prefill,eager,compiled --contexts 8192,32768 --batches 1,8 --prefill-max-tokens 262144 \
+      --policies full,mixed,zigzag --dynamic true --budget-s $(( end - $(date +%s) - 60 )) --out $OUT/q15bench 2>&1 \
+      | grep -vi warning | tee $OUT/q15bench_log.txt | tail -60 ;;
+  *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b|frontier05e|launch|watch|timing15" >&2
+     exit 2 ;;
 esac

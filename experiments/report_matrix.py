@@ -35,7 +35,8 @@ def load(path: str) -> list[dict]:
             counts[m.group(1), r["task"], r["length"]] += 1
     for key, r in best.items():
         r["sets"] = counts[key]
-    return [r for r in rows if not r["policy"].startswith("random-")] + list(best.values())
+    # the hybrids (issue #16) share this file and belong to experiments/report_frontier.py
+    return [r for r in rows if not r["policy"].startswith(("random-", "hybrid-"))] + list(best.values())
 
 
 def tables(rows: list[dict]) -> str:
@@ -112,7 +113,10 @@ def png(rows: list[dict], path: str, title: str) -> None:
         acc = sum(r["accuracy"] for r in mine) / len(mine)
         marker, color = styles[p.split("@")[0]]
         ax.scatter(kv, acc, marker=marker, color=color, s=60)
-        ax.annotate(p, (kv, acc), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        # policies at one KV share x: labels go above, left or below the marker
+        x, y, ha = {"duo": (6, 8, "left"), "ablation": (-6, -3, "right"), "best random": (6, -10, "left")}.get(
+            p.split("@")[0], (4, 3, "left"))
+        ax.annotate(p, (kv, acc), fontsize=7, xytext=(x, y), textcoords="offset points", ha=ha)
     ax.set_xlabel("KV cache vs full attention at the longest length")
     ax.set_ylabel(f"mean accuracy, {cell_names(sorted(common))}", fontsize=8)
     ax.set_title(title, fontsize=10)
