@@ -29,8 +29,9 @@ import zigzag_attn as zz
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-from bench import Bench, reset_peak  # noqa: E402
+from bench import Bench  # noqa: E402
 from hybrid_policies import retrieval_heads, twins  # noqa: E402
+from timing import reset_peak  # noqa: E402
 
 
 class PlanBench(Bench):

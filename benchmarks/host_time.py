@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import host_times, run_step, sync  # noqa: E402
+from timing import host_times, run_step, sync  # noqa: E402
 
 GROUPS = (  # (substring of the file path, group); the first match wins
     ("zigzag_attn", "ours (zigzag_attn)"),
@@ -167,7 +167,8 @@ def analyse(call, cache, steps: int = 20) -> dict:
 
 
 def main() -> None:
-    from bench import DEVICE, Bench, mark_filled
+    from bench import Bench
+    from timing import DEVICE, mark_filled
     from transformers.generation.configuration_utils import CompileConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -48,7 +48,7 @@ from zigzag_attn.cost import CostModel, device_slug  # noqa: E402
 from zigzag_attn.runtime.hooks import cache_arg  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import copy_bandwidth, mark_filled  # noqa: E402
+from timing import copy_bandwidth, mark_filled  # noqa: E402
 
 # name: (query heads, KV heads, head_dim, hidden size, qkv bias)
 SHAPES = {"llama3-8b": (32, 8, 128, 4096, False), "qwen2.5-coder-0.5b": (14, 2, 64, 896, True),

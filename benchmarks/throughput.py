@@ -38,10 +38,11 @@ import torch
 from transformers.generation.configuration_utils import CompileConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import DEVICE, Bench, cuda_ms, mark_filled, reset_peak, run_step, sync  # noqa: E402
+from bench import Bench  # noqa: E402
 from bench_report import POLICIES  # noqa: E402
 from host_time import analyse  # noqa: E402
 from throughput_report import report  # noqa: E402
+from timing import DEVICE, cuda_ms, mark_filled, reset_peak, run_step, sync  # noqa: E402
 
 from zigzag_attn.runtime.cache import kv_nbytes  # noqa: E402
 

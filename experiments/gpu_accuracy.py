@@ -10,7 +10,8 @@ on the same held-out prompts. Produced docs/results/qwen/ and the shipped `<mode
 calibrate (one call): the `method="robust"` profile (timed: that is the calibration cost) and plans at 50%, 33%
 and 25% retrieval layers; DuoAttention head gates (one gate per KV head, distilled on the same calibration data)
 for the head-level baseline. Everything goes to --state (kept on the GPU machine between calls) and --out. The
-plain-ablation ranking the robust profile records on the way gives the "ablation@r" baseline plans.
+plain-ablation ranking the robust profile records on the way gives the "ablation@r" baseline plans; plans made by
+`zigzag-attn calibrate` with the device's defaults, saved as --state/default/plan_R.json, are "default@R".
 eval: prompts of every task x length on genres calibration never saw ("technical" GNU manuals, "legal" licence
 texts; half of the prompts each), RULER wordings (calibration uses others). Policies go in PRIORITY order; a
 chunk (one policy on one task at every length) starts only if, judged by the last chunk, it ends before
@@ -58,6 +59,7 @@ TASKS = ("multikey", "multivalue", "vartrack", "niah", "passkey", "commonwords")
 PRIORITY = [  # (policies, tasks) chunks, most needed first; every length of --lengths
     (["full", "zigzag@0.5", "duo@0.5", "streaming", "zigzag@0.25", "duo@0.25"], TASKS),
     ([f"random-{i}@0.5" for i in range(1, 6)], TASKS),
+    (["default@0.5", "default@0.25"], TASKS),  # `zigzag-attn calibrate`'s device default, when made (gpu_jobs.sh)
     (["zigzag@0.33", "duo@0.33", "ablation@0.5", "ablation@0.25"], TASKS),
     ([f"random-{i}@0.25" for i in range(1, 6)], TASKS),
     # the frontier (issue #16): hybrids at zigzag@r's KV; m = 1 copies zigzag@r's rows (an identical plan)
@@ -151,6 +153,9 @@ def policies(cfg, info: zz.ModelInfo, state: Path) -> dict[str, zz.Plan | None]:
         out[f"duo@{r}"] = zz.solve_heads(heads, kv_budget=plan.kv_fraction(max(cfg["lengths"])),
                                          context_length=max(cfg["lengths"]), sink=plan.sink, window=plan.window)
         out[f"ablation@{r}"] = zz.solve(ablation, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
+        made = state / "default" / f"plan_{r}.json"  # `zigzag-attn calibrate MODEL --retrieval-ratio r`
+        if made.exists():
+            out[f"default@{r}"] = zz.Plan.load(made)
         for i, p in enumerate(random_sets(info, cfg["randoms"], r, seed=17, sink=cfg["sink"],
                                               window=cfg["window"]), 1):
             out[f"random-{i}@{r}"] = p.plan

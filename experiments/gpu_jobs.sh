@@ -18,9 +18,18 @@ q05=(--model $M/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-0.5
 q15=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15 --out $S/out/q15)
 KEY=multikey,multivalue,niah,passkey
 log() { echo "[$(date +%H:%M:%S)] $job: $*"; }
+default_plans() {  # issue #14: `zigzag-attn calibrate`'s device default (method "attention" + refine) beside robust
+  mkdir -p $S/$1/default
+  for r in 0.5 0.25; do
+    [ -f $S/$1/default/plan_$r.json ] || { python -m zigzag_attn.cli calibrate "$2" --retrieval-ratio $r \
+      --out $S/$1/default/plan_$r.json 2>&1 | grep -v Warning | grep -v "it/s\]" | tail -3  # the plan records its time
+      cp $S/$1/default/plan_$r.json $S/out/$1/default_plan_$r.json 2>/dev/null; }
+  done
+}
 seed05() {  # a 0.5B state of its own, from the recorded results
   mkdir -p $S/$1 $S/out/$1
   [ -f $S/$1/head_scores.json ] || cp docs/results/qwen/*.json docs/results/qwen/matrix.jsonl $S/$1/
+  [ -d docs/results/qwen/default ] && cp -r docs/results/qwen/default $S/$1/
 }
 case $job in
   q15)
@@ -44,6 +53,7 @@ case $job in
     seed05 q05a
     python $A prompts "${q05[@]}" --state $S/q05a --out $S/out/q05a --workers 16 2>&1 | grep --line-buffered -v Warning
     touch $S/q05a/prompts.done
+    default_plans q05a $M/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
     python $A eval "${q05[@]}" --state $S/q05a --out $S/out/q05a --cache $M/q05-bf16 --deadline $until --tasks $KEY \
       2>&1 | grep --line-buffered -v Warning ;;
   q05b)  # the frontier's hybrids (issue #16), at 0.5 then 0.25

@@ -39,6 +39,29 @@ def test_measure_scores_each_answer_by_teacher_forcing():
     assert m.loss == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_measure_batches_by_length_and_keeps_sample_order():
+    model = tiny_model("llama", seed=5)
+    g = torch.Generator().manual_seed(1)
+    samples = []
+    for n in (40, 21, 41, 20, 40, 22):  # mixed lengths, as calibration mixes 4k and 8k prompts
+        ids = torch.randint(2, model.config.vocab_size, (n,), generator=g)
+        labels = torch.full_like(ids, IGNORE)
+        labels[-5:-3], labels[-2:] = ids[-5:-3], ids[-2:]  # two answers per prompt
+        samples.append(Sample(ids, labels, ("a", "b"), (0.1, 0.9)))
+    one = [measure(model, [s]) for s in samples]  # one prompt per forward: the reference
+    plan = zz.Plan.from_layers(["streaming", "retrieval"] * 2, sink=2, window=8, model=zz.describe(model))
+    for batch_size in (2, 4, 8):
+        m = measure(model, samples, batch_size=batch_size)
+        assert m.correct == [c for x in one for c in x.correct]  # answers in sample order
+        assert m.loss == pytest.approx(sum(x.loss for x in one) / len(one), rel=1e-5)  # equal answer counts
+        streamed = measure(model, samples, plan, batch_size=batch_size)
+        assert streamed.correct == [c for s in samples for c in measure(model, [s], plan).correct]
+    from zigzag_attn.profile.measure import _batches
+
+    assert _batches([40, 21, 41, 20, 40, 22], 8) == [[3, 1, 5], [0, 4, 2]]  # never 20 padded to 41
+    assert _batches([40, 21, 41, 20, 40, 22], 2) == [[3, 1], [5], [0, 4], [2]]
+
+
 def test_load_text_splits_are_disjoint_and_user_files_work(tmp_path):
     cal, ev = load_text(split="calibration"), load_text(split="evaluation")
     assert "Emma Woodhouse" in cal and "Emma Woodhouse" not in ev

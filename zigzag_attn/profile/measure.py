@@ -41,9 +41,10 @@ def measure(model, samples: list[Sample], plan: Plan | None = None, *, batch_siz
 
 def _measure(model, samples: list[Sample], batch_size: int) -> Measurement:
     device = input_device(model)  # also right for models dispatched by accelerate
-    total, count, correct = 0.0, 0, []
-    for i in range(0, len(samples), batch_size):
-        ids, labels, mask = batch(samples[i:i + batch_size], device)
+    total, count = 0.0, 0
+    right: list[list[bool]] = [[] for _ in samples]  # per sample, put back in sample order at the end
+    for rows in _batches([len(s) for s in samples], batch_size):
+        ids, labels, mask = batch([samples[i] for i in rows], device)
         keep = ids.shape[1] - int((labels != IGNORE).float().argmax(1).min()) + 1  # logits from the first answer on
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits.float()
         target = labels[:, -keep + 1:]
@@ -53,9 +54,22 @@ def _measure(model, samples: list[Sample], batch_size: int) -> Measurement:
         total += float(nll[valid].sum())
         count += int(valid.sum())
         hit = (logits.argmax(-1) == target) | ~valid
-        for row in range(ids.shape[0]):
-            correct += _answers_right(valid[row], hit[row])
-    return Measurement(total / max(1, count), correct)
+        for r, i in enumerate(rows):
+            right[i] = _answers_right(valid[r], hit[r])
+    return Measurement(total / max(1, count), [c for per in right for c in per])
+
+
+def _batches(lengths: list[int], batch_size: int, slack: float = 1.1) -> list[list[int]]:
+    """Sample indices in batches of at most `batch_size`, shortest first, a batch's longest at most `slack` times
+    its shortest: prompts of different lengths (calibration mixes 4k and 8k) are not padded to each other, and a
+    batch of equal lengths has no padding (transformers then skips the mask)."""
+    out: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if out and len(out[-1]) < batch_size and lengths[i] <= slack * lengths[out[-1][0]]:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 def batch(samples: list[Sample], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
