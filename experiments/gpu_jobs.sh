@@ -43,8 +43,11 @@ case $job in
       wait
       grep -v Warning $S/out/q15/robust_log.txt $S/out/q15/gates_log.txt | grep -v "it/s\]" | tail -12
     fi
-    while [ ! -f $S/q05a/prompts.done ] && [ $(date +%s) -lt $until ]; do sleep 5; done
-    [ -f $S/q15/prompts.pt ] || cp $S/q05a/prompts.pt $S/q15/ 2>/dev/null  # one tokenizer: the same prompts
+    while pgrep -f "gpu_jobs.sh q05a" > /dev/null && [ ! -f $S/q05a/prompts.done ] && [ $(date +%s) -lt $until ]; do
+      sleep 5
+    done
+    [ -f $S/q15/prompts.pt ] || cp $S/q05a/prompts.pt $S/q15/ 2>/dev/null  # one tokenizer: the same prompts (else
+                                                                          # the evaluation builds them)
     for t in $KEY vartrack,commonwords; do
       python $A eval "${q15[@]}" --cache $M/q15-bf16 --workers 8 --deadline $until --tasks $t 2>&1 | grep --line-buffered -v Warning
     done ;;
@@ -66,15 +69,16 @@ case $job in
         2>&1 | grep --line-buffered -v Warning
     done ;;
   watch)
+    jobs=$(cd $S/jobs && ls *.log 2>/dev/null | sed 's/\.log$//')
     while [ $(date +%s) -lt $(( until - 20 )) ] && pgrep -f "gpu_jobs.sh q" > /dev/null; do
       sleep 60
-      for j in q15 q05a q05b; do echo "$j: $(grep -a '^\[' $S/jobs/$j.log 2>/dev/null | tail -1 | cut -c1-150)"; done
+      for j in $jobs; do echo "$j: $(grep -a '^\[' $S/jobs/$j.log 2>/dev/null | tail -1 | cut -c1-150)"; done
     done
     pgrep -f "gpu_jobs.sh q" > /dev/null || echo "all jobs ended"
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
     cp $S/jobs/*.log $S/out/ 2>/dev/null
     tar czf $OUT/results.tgz -C $S out && ls -la $OUT/results.tgz
-    for j in q15 q05a q05b; do echo "== $j"; grep -v "it/s\]" $S/jobs/$j.log | tail -8 | cut -c1-200; done ;;
+    for j in $jobs; do echo "== $j"; grep -v "it/s\]" $S/jobs/$j.log | tail -8 | cut -c1-200; done ;;
   *) echo "usage: gpu_jobs.sh q15|q05a|q05b BG_END | watch END" >&2; exit 2 ;;
 esac
 log "ended"

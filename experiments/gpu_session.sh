@@ -14,7 +14,7 @@
 #                                                # 4k..32k, n=48) until the deadline
 #   bash experiments/gpu_session.sh frontier05b  # the same at 0.25 (timing), then the accuracy rows still missing
 #   bash experiments/gpu_session.sh frontier05e  # only the accuracy rows still missing
-#   BG_END=<epoch s> bash experiments/gpu_session.sh launch   # both Qwen models staged: start the background jobs
+#   [JOBS="q15 ..."] BG_END=<epoch s> bash experiments/gpu_session.sh launch   # start the background jobs
 #                                            # of experiments/gpu_jobs.sh (1.5B calibration then evaluation; 0.5B
 #                                            # evaluation rows), which run across calls until BG_END, then watch
 #   bash experiments/gpu_session.sh watch    # later calls: follow the jobs until the call's budget, collect
@@ -77,7 +77,7 @@ case $1 in
     : "${BG_END:?BG_END (seconds since the epoch) ends the background evaluation}"
     mkdir -p $S/jobs $S/code; rm -rf $S/code/*
     cp -r benchmarks experiments zigzag_attn docs $S/code/  # a snapshot: later calls may replace this tree
-    for j in q15 q05a q05b; do
+    for j in ${JOBS:-q15 q05a q05b}; do  # JOBS="q15": the 1.5B alone (sharing the GPU bought no throughput)
       (cd $S/code && setsid nohup bash experiments/gpu_jobs.sh $j "$BG_END" > $S/jobs/$j.log 2>&1 < /dev/null &)
     done
     sleep 5; bash experiments/gpu_jobs.sh watch "$end" ;;
