@@ -57,10 +57,14 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
     start = time.perf_counter()
     base = group_losses(model, groups, None, batch_size)
 
+    seen: dict[tuple[str, ...], float] = {}  # greedy's first round repeats the ablation's plans: no new forward
+
     def worst(modes: list[str]) -> float:
-        plan = Plan.from_layers(modes, sink=sink, window=window, model=info)
-        losses = group_losses(model, groups, plan, batch_size)
-        return max(losses[g] - base[g] for g in groups)
+        if tuple(modes) not in seen:
+            plan = Plan.from_layers(modes, sink=sink, window=window, model=info)
+            losses = group_losses(model, groups, plan, batch_size)
+            seen[tuple(modes)] = max(losses[g] - base[g] for g in groups)
+        return seen[tuple(modes)]
 
     full = [RETRIEVAL] * info.num_layers
     ablation = torch.zeros(info.num_layers)
