@@ -26,16 +26,20 @@ default_plans() {  # issue #14: `zigzag-attn calibrate`'s device default (method
       cp $S/$1/default/plan_$r.json $S/out/$1/default_plan_$r.json 2>/dev/null; }
   done
 }
-seed05() {  # a 0.5B state of its own, from the recorded results
+seed() {  # seed STATE SRC: a state of its own, from the recorded results in SRC (plans, scores, rows, default/)
   mkdir -p $S/$1 $S/out/$1
-  [ -f $S/$1/head_scores.json ] || cp docs/results/qwen/*.json docs/results/qwen/matrix.jsonl $S/$1/
-  [ -d docs/results/qwen/default ] && cp -r docs/results/qwen/default $S/$1/
+  [ -f $S/$1/head_scores.json ] || cp $2/*.json $2/matrix.jsonl $S/$1/ 2>/dev/null
+  [ -d $2/default ] && cp -r $2/default $S/$1/
+}
+shared_prompts() {  # the prompts q05a builds (one tokenizer for both Qwen models); else the evaluation builds its own
+  while pgrep -f "gpu_jobs.sh q05a" > /dev/null && [ ! -f $S/q05a/prompts.done ] && [ $(date +%s) -lt $until ]; do
+    sleep 5
+  done
+  [ -f $S/$1/prompts.pt ] || cp $S/q05a/prompts.pt $S/$1/ 2>/dev/null
 }
 case $job in
   q15)
-    mkdir -p $S/q15 $S/out/q15
-    # on a fresh machine, the recorded calibration and rows (docs/results/qwen15/) are the state: no recalibration
-    [ -f $S/q15/head_scores.json ] || cp docs/results/qwen15/*.json docs/results/qwen15/matrix.jsonl $S/q15/ 2>/dev/null
+    seed q15 docs/results/qwen15  # on a fresh machine, the recorded calibration and rows: no recalibration
     if [ ! -f $S/q15/head_scores.json ]; then
       log "calibrate: robust profile and head gates, two processes"
       python $A calibrate "${q15[@]}" --part robust --candidates 4 --cache $M/q15-bf16 > $S/out/q15/robust_log.txt 2>&1 &
@@ -43,26 +47,21 @@ case $job in
       wait
       grep -v Warning $S/out/q15/robust_log.txt $S/out/q15/gates_log.txt | grep -v "it/s\]" | tail -12
     fi
-    while pgrep -f "gpu_jobs.sh q05a" > /dev/null && [ ! -f $S/q05a/prompts.done ] && [ $(date +%s) -lt $until ]; do
-      sleep 5
-    done
-    [ -f $S/q15/prompts.pt ] || cp $S/q05a/prompts.pt $S/q15/ 2>/dev/null  # one tokenizer: the same prompts (else
-                                                                          # the evaluation builds them)
+    shared_prompts q15
     for t in $KEY vartrack,commonwords; do
       python $A eval "${q15[@]}" --cache $M/q15-bf16 --workers 8 --deadline $until --tasks $t 2>&1 | grep --line-buffered -v Warning
     done ;;
   q05a)  # prompts for everyone, then the 0.5B rows still missing on the tasks that separate policies (common
          # words and variable tracking are at the 0.5B's floor: docs/results.md)
-    seed05 q05a
+    seed q05a docs/results/qwen
     python $A prompts "${q05[@]}" --state $S/q05a --out $S/out/q05a --workers 16 2>&1 | grep --line-buffered -v Warning
     touch $S/q05a/prompts.done
     default_plans q05a $M/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
     python $A eval "${q05[@]}" --state $S/q05a --out $S/out/q05a --cache $M/q05-bf16 --deadline $until --tasks $KEY \
       2>&1 | grep --line-buffered -v Warning ;;
   q05b)  # the frontier's hybrids (issue #16), at 0.5 then 0.25
-    seed05 q05b
-    while [ ! -f $S/q05a/prompts.done ] && [ $(date +%s) -lt $until ]; do sleep 5; done
-    ln -sf $S/q05a/prompts.pt $S/q05b/prompts.pt
+    seed q05b docs/results/qwen
+    shared_prompts q05b
     a=("${q05[@]}" --state $S/q05b --out $S/out/q05b --cache $M/q05b-bf16 --deadline $until --tasks $KEY)
     for r in 0.5 0.25; do
       python $A eval "${a[@]}" --policies hybrid-m1@$r,hybrid-m2@$r,hybrid-m4@$r,hybrid-m2-s8@$r,hybrid-m4-s8@$r \

@@ -15,8 +15,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-ORDER = ["full", "zigzag@0.5", "duo@0.5", "ablation@0.5", "best random@0.5", "zigzag@0.33", "duo@0.33",
-         "zigzag@0.25", "duo@0.25", "ablation@0.25", "best random@0.25", "streaming"]
+ORDER = ["full", "zigzag@0.5", "duo@0.5", "ablation@0.5", "default@0.5", "best random@0.5", "zigzag@0.33", "duo@0.33",
+         "zigzag@0.25", "duo@0.25", "ablation@0.25", "default@0.25", "best random@0.25", "streaming"]
 
 
 def load(path: str) -> list[dict]:
@@ -102,8 +102,11 @@ def png(rows: list[dict], path: str, title: str) -> None:
     full = {(r["task"], r["length"]): r["accuracy"] for r in rows if r["policy"] == "full"
             and (r["task"], r["length"]) in common}
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    styles = {"zigzag": ("o", "C0"), "duo": ("s", "C1"), "ablation": ("^", "C2"), "best random": ("x", "C3"),
-              "streaming": ("v", "C7"), "full": ("*", "k")}
+    # marker, colour, label offset (policies at one KV share x: labels go right, above, left or below the marker)
+    right = (4, 3, "left")
+    styles = {"zigzag": ("o", "C0", right), "duo": ("s", "C1", (6, 8, "left")),
+              "ablation": ("^", "C2", (-6, -3, "right")), "default": ("D", "C4", (-6, 8, "right")),
+              "best random": ("x", "C3", (6, -10, "left")), "streaming": ("v", "C7", right), "full": ("*", "k", right)}
     for p in sorted({r["policy"] for r in rows}):
         mine = [r for r in rows if r["policy"] == p and (r["task"], r["length"]) in full]
         if not mine:
@@ -111,11 +114,8 @@ def png(rows: list[dict], path: str, title: str) -> None:
         kv = sum(r["kv_fraction"] for r in mine if r["length"] == max(x["length"] for x in mine)) / max(
             1, sum(1 for r in mine if r["length"] == max(x["length"] for x in mine)))
         acc = sum(r["accuracy"] for r in mine) / len(mine)
-        marker, color = styles[p.split("@")[0]]
+        marker, color, (x, y, ha) = styles[p.split("@")[0]]
         ax.scatter(kv, acc, marker=marker, color=color, s=60)
-        # policies at one KV share x: labels go above, left or below the marker
-        x, y, ha = {"duo": (6, 8, "left"), "ablation": (-6, -3, "right"), "best random": (6, -10, "left")}.get(
-            p.split("@")[0], (4, 3, "left"))
         ax.annotate(p, (kv, acc), fontsize=7, xytext=(x, y), textcoords="offset points", ha=ha)
     ax.set_xlabel("KV cache vs full attention at the longest length")
     ax.set_ylabel(f"mean accuracy, {cell_names(sorted(common))}", fontsize=8)
