@@ -60,11 +60,12 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
     seen: dict[tuple[str, ...], float] = {}  # greedy's first round repeats the ablation's plans: no new forward
 
     def worst(modes: list[str]) -> float:
-        if tuple(modes) not in seen:
-            plan = Plan.from_layers(modes, sink=sink, window=window, model=info)
-            losses = group_losses(model, groups, plan, batch_size)
-            seen[tuple(modes)] = max(losses[g] - base[g] for g in groups)
-        return seen[tuple(modes)]
+        key = tuple(modes)
+        if key not in seen:
+            losses = group_losses(model, groups, Plan.from_layers(modes, sink=sink, window=window, model=info),
+                                  batch_size)
+            seen[key] = max(losses[g] - base[g] for g in groups)
+        return seen[key]
 
     full = [RETRIEVAL] * info.num_layers
     ablation = torch.zeros(info.num_layers)
