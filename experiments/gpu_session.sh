@@ -18,7 +18,8 @@
 #                                            # of experiments/gpu_jobs.sh (1.5B calibration then evaluation; 0.5B
 #                                            # evaluation rows), which run across calls until BG_END, then watch
 #   bash experiments/gpu_session.sh watch    # later calls: follow the jobs until the call's budget, collect
-#   bash experiments/gpu_session.sh timing15 # after the jobs: 1.5B prefill / eager / compiled decode (bench.py)
+#   bash experiments/gpu_session.sh timing15 # after the jobs: 1.5B prefill / eager / compiled decode (bench.py);
+#                                            # PARTS=compiled CONTEXTS=32768,8192 BATCHES=1: the compiled part alone
 # State (plans, scores, finished rows) stays under /root/zz-state while the machine is held; results go to $OUT.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -83,10 +84,11 @@ case $1 in
     sleep 5; bash experiments/gpu_jobs.sh watch "$end" ;;
   watch) bash experiments/gpu_jobs.sh watch "$end" ;;
   timing15)  # alone on the GPU: stop whatever job is left first
-    pkill -f gpu_jobs.sh; pkill -f gpu_accuracy.py; sleep 3
+    pkill -f "[g]pu_jobs.sh q"; pkill -f "[g]pu_accuracy.py"; sleep 3
     p=$S/q15/qwen2.5-coder-1.5b_0.5.json; w=$M/q15-bf16; [ -f $w/config.json ] || w=$M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
     timeout -k 15 $(( end - $(date +%s) - 25 )) python benchmarks/bench.py --model $w --zigzag-plan $p \
-      --parts prefill,eager,compiled --contexts 8192,32768 --batches 1,8 --prefill-max-tokens 262144 \
+      --parts ${PARTS:-prefill,eager,compiled} --contexts ${CONTEXTS:-8192,32768} --batches ${BATCHES:-1,8} \
+      --prefill-max-tokens 262144 \
       --policies full,mixed,zigzag --dynamic true --budget-s $(( end - $(date +%s) - 60 )) --out $OUT/q15bench 2>&1 \
       | grep -vi warning | tee $OUT/q15bench_log.txt | tail -60 ;;
   *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b|frontier05e|launch|watch|timing15" >&2
