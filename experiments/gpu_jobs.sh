@@ -4,7 +4,7 @@
 # and two streams of Qwen2.5-Coder-0.5B evaluation rows. Produced docs/results/qwen15/ and the rows added to
 # docs/results/qwen/matrix.jsonl in the session of 2026-12-02 (evening: ablation, common words and hybrid rows, with
 # q05a then running ablation@0.5, common words for every policy, ablation@0.25 and the rest, in that order).
-#   bash experiments/gpu_jobs.sh q15|q05a|q05b BG_END   # one job; evaluation chunks end before BG_END (epoch s)
+#   bash experiments/gpu_jobs.sh q15|q15b|q05a|q05b BG_END   # one job; evaluation chunks end before BG_END (epoch s)
 #   bash experiments/gpu_jobs.sh watch END              # follow the jobs until END or until they all ended;
 #                                                       # then pack $S/out into $OUT/results.tgz
 # Each job keeps its own --state (no two processes append to one file); the 0.5B jobs start from the recorded
@@ -51,6 +51,17 @@ case $job in
     for t in $KEY vartrack,commonwords; do
       python $A eval "${q15[@]}" --cache $M/q15-bf16 --workers 8 --deadline $until --tasks $t 2>&1 | grep --line-buffered -v Warning
     done ;;
+  q15b)  # the 1.5B matrix in the order the claims need it: main policies, then five random sets and the 33% plans
+          # on the two tasks that separate plans, then the random sets on NIAH and pass key
+    seed q15 docs/results/qwen15
+    shared_prompts q15
+    rnd=random-1@0.5,random-2@0.5,random-3@0.5,random-4@0.5,random-5@0.5
+    for tp in "$KEY full,zigzag@0.5,duo@0.5,streaming,zigzag@0.25,duo@0.25" "multikey,multivalue $rnd" \
+              "multikey,multivalue zigzag@0.33,duo@0.33" "niah,passkey $rnd"; do
+      set -- $tp
+      python $A eval "${q15[@]}" --cache $M/q15-bf16 --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
+        | grep --line-buffered -v Warning
+    done ;;
   q05a)  # prompts for everyone, then the 0.5B rows still missing on the tasks that separate policies (common
          # words and variable tracking are at the 0.5B's floor: docs/results.md)
     seed q05a docs/results/qwen
@@ -78,6 +89,6 @@ case $job in
     cp $S/jobs/*.log $S/out/ 2>/dev/null
     tar czf $OUT/results.tgz -C $S out && ls -la $OUT/results.tgz
     for j in $jobs; do echo "== $j"; grep -v "it/s\]" $S/jobs/$j.log | tail -8 | cut -c1-200; done ;;
-  *) echo "usage: gpu_jobs.sh q15|q05a|q05b BG_END | watch END" >&2; exit 2 ;;
+  *) echo "usage: gpu_jobs.sh q15|q15b|q05a|q05b BG_END | watch END" >&2; exit 2 ;;
 esac
 log "ended"
