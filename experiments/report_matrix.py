@@ -75,7 +75,20 @@ def tables(rows: list[dict]) -> str:
         out.append(f"| {p} | {len(got)} | {sum(r['accuracy'] for _, r in got) / len(got):.3f} | "
                    f"{sum(s for s, _ in valid) / max(1, len(valid)):.3f} | {worst[0]:.2f} ({worst[1][0]} "
                    f"{worst[1][1] // 1024}k) | {kv:.3f} |")
-    return "\n".join(out)
+    return "\n".join(out + [""] + identical(rows, common, policies))
+
+
+def identical(rows: list[dict], common: list[tuple[str, int]], policies: list[str]) -> list[str]:
+    """A line for each pair of policies with the same number of right answers in every common cell: a baseline
+    that quietly equals what it is compared with (say, a head plan at the all-streaming floor) must be said."""
+    by = {(r["policy"], r["task"], r["length"]): r["correct"] for r in rows}
+    out = []
+    for i, a in enumerate(policies):
+        for b in policies[i + 1:]:
+            if common and all(by.get((a, *c)) == by.get((b, *c)) is not None for c in common):
+                out.append(f"Note: {a} and {b} have the same number of right answers in all {len(common)} "
+                           "common cells.")
+    return out
 
 
 def common_cells(rows: list[dict]) -> list[tuple[str, int]]:
@@ -104,7 +117,7 @@ def png(rows: list[dict], path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     # marker, colour, label offset (policies at one KV share x: labels go right, above, left or below the marker)
     right = (4, 3, "left")
-    styles = {"zigzag": ("o", "C0", right), "duo": ("s", "C1", (6, 8, "left")),
+    styles = {"zigzag": ("o", "C0", right), "duo": ("s", "C1", (6, -12, "left")),
               "ablation": ("^", "C2", (-6, -3, "right")), "default": ("D", "C4", (-6, 8, "right")),
               "best random": ("x", "C3", (6, -10, "left")), "streaming": ("v", "C7", right), "full": ("*", "k", right)}
     for p in sorted({r["policy"] for r in rows}):
