@@ -132,7 +132,8 @@ def gates(cfg, model, tok, state: Path, out: Path) -> None:
     t = time.perf_counter()
     heads = zz.profile(model, tok, method="gates", data=data, granularity="head", steps=cfg["gate_steps"],
                        sink=cfg["sink"], window=cfg["window"], progress=False)
-    log(f"DuoAttention head gates: {time.perf_counter() - t:.1f} s")
+    log(f"DuoAttention head gates: {time.perf_counter() - t:.1f} s, {cfg['gate_steps']} steps, mean change of a "
+        f"gate {heads.meta['mean_change']:.2f}")
     heads.save(state / "head_scores.json")
     heads.save(out / "head_scores.json")
 
@@ -304,6 +305,7 @@ def main() -> None:
                     help="calibrate: the robust layer profile, the DuoAttention head gates, or both (two processes "
                     "can share a GPU)")
     ap.add_argument("--candidates", type=int, help="robust profile: layers tried per greedy round (default 6)")
+    ap.add_argument("--gate-steps", type=int, help="head gates: training steps (default 100; DuoAttention uses 2000)")
     ap.add_argument("--n", type=int, help="eval prompts per genre and cell (default 24: n = 48 per cell)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--cache", help="a directory for a plain bf16 copy of the model (made by the first call)")
@@ -321,6 +323,8 @@ def main() -> None:
         cfg["n"] = args.n
     if args.candidates:
         cfg["candidates"] = args.candidates
+    if args.gate_steps:
+        cfg["gate_steps"] = args.gate_steps
     state, out = Path(args.state), Path(args.out)
     if args.command == "plans":
         return write_plans(cfg, state, out / "plans", args.policies.split(",") if args.policies else FRONTIER)

@@ -262,6 +262,8 @@ def test_calibrate_robust(capsys, tiny_dir, tmp_path):
     plan, scores = zz.Plan.load(out_path), zz.Scores.load(scores_path)
     assert plan.provenance["method"] == "robust" and len(plan.retrieval_layers) == 2
     assert set(scores.meta["groups"]) == {"passkeys", "ledger", "boxes"} and "validation" in scores.meta
+    assert scores.meta["keep"] == 0.5 and len(scores.meta["greedy"]) == 2  # the search stops at the plan's size
+    assert scores.meta["validation"]["sizes"] == [0.5]
     top2 = sorted(range(4), key=lambda i: (-float(scores.layers[i]), i))[:2]
     assert sorted(top2) == plan.retrieval_layers
     code, _, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(out_path), "--method", "robust", "--refine")

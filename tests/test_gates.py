@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -65,6 +67,20 @@ def test_gates_keep_the_layer_that_needs_full_attention():
     assert ((heads >= 0) & (heads <= 1)).all()
     assert len(meta["loss_curve"]) == len(meta["distill_curve"]) == 20
     assert {"granularity", "tie", "lam", "steps", "lr"} <= meta.keys()
+    assert meta["mean_change"] > 0.6  # four gates went from 1 to near 0
+
+
+def test_gates_that_barely_moved_warn():
+    model = llama(layers=3)
+    with pytest.warns(UserWarning, match="barely trained"):
+        _, _, meta = train(model, samples(), steps=2, lr=1e-4)
+    assert meta["mean_change"] < 0.01
+    with warnings.catch_warnings():  # the trained run above moved its gates far: no warning
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            for i in (0, 2):
+                model.model.layers[i].self_attn.o_proj.weight.zero_()
+        train(model, samples(), steps=20, lr=0.1, lam=0.01, batch_size=2)
 
 
 def test_deterministic_and_model_unchanged():

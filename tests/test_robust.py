@@ -108,6 +108,15 @@ def test_validation_picks_the_ranking_that_holds_on_fresh_prompts(monkeypatch):
     _, meta = robust.robust_scores(model, {"a": [object()], "b": [object()]}, sink=2, window=4, keep=0.25,
                                    candidates=None, progress=False)
     assert meta["ranking"] == "greedy" and "validation" not in meta
+    # one plan of 2 layers (keep=0.5): the search stops there and validation compares only that size
+    _, meta = robust.robust_scores(model, {"a": [object()], "b": [object()]}, {"v": [object()]}, sink=2,
+                                   window=4, keep=0.5, candidates=None, progress=False)
+    assert len(meta["greedy"]) == 2 and meta["validation"]["sizes"] == [0.5]
+    assert meta["validation"]["worst_loss_rise"] == {"greedy": [9.1], "ablation": [0.2]}
+    # a size between SIZES' is validated too, beside the larger ones
+    _, meta = robust.robust_scores(model, {"a": [object()], "b": [object()]}, {"v": [object()]}, sink=2,
+                                   window=4, keep=0.4, candidates=None, progress=False)
+    assert meta["validation"]["sizes"] == [0.5, 0.4]
 
 
 def test_robust_profile_end_to_end_finds_the_layer_that_matters():

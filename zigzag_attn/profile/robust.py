@@ -6,7 +6,8 @@
    (among the `candidates` with the lowest ablation score) whose removal raises the worst group's loss least.
    The elimination order ranks the layers, so `solve` at any size gives the nested greedy plan.
 4. Validation: the greedy ranking and the plain ablation ranking are compared on fresh prompts (`valid`, other
-   seeds and lengths) at several sizes; the one with the lower mean worst-group loss becomes the scores.
+   seeds and lengths) at the sizes of SIZES down to `keep`, and at `keep`; the one with the lower mean worst-group
+   loss becomes the scores. A caller that needs one plan sets `keep` to its ratio: the search stops there.
 The worst group, not the mean, is the objective, so a layer one task needs is not traded for small gains on the
 others; docs/results.md measures how this generalizes to genres and wordings calibration never saw.
 """
@@ -95,9 +96,12 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
         scores = {"greedy": greedy, "ablation": ablation_rank}
         vbase = group_losses(model, valid, None, batch_size)
         table = {}
+        sizes = [r for r in SIZES if r >= keep - 1e-9]  # where the greedy ranking was searched, and `keep`
+        if not sizes or abs(sizes[-1] - keep) > 1e-9:
+            sizes.append(keep)
         for key, s in scores.items():
             rises = []
-            for r in SIZES:
+            for r in sizes:
                 k = math.floor(r * len(choosable) + 0.5)
                 top = set(sorted(choosable, key=lambda i: (-float(s[i]), i))[:k])
                 plan = Plan.from_layers([RETRIEVAL if i in top or i not in choosable else STREAMING
@@ -107,7 +111,7 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
             table[key] = [round(x, 5) for x in rises]
         name = min(table, key=lambda k: sum(table[k]))  # greedy wins ties (listed first)
         chosen = scores[name]
-        meta["validation"] = {"groups": {g: len(s) for g, s in valid.items()}, "sizes": list(SIZES),
+        meta["validation"] = {"groups": {g: len(s) for g, s in valid.items()}, "sizes": sizes,
                               "worst_loss_rise": table, "chosen": name}
     meta.update(ranking=name, seconds=round(time.perf_counter() - start, 1))
     return chosen, meta
