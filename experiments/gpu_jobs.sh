@@ -4,6 +4,7 @@
 # and two streams of Qwen2.5-Coder-0.5B evaluation rows. Produced docs/results/qwen15/ and the rows added to
 # docs/results/qwen/matrix.jsonl in the session of 2026-12-02 (evening: ablation, common words and hybrid rows, with
 # q05a then running ablation@0.5, common words for every policy, ablation@0.25 and the rest, in that order).
+# q15b (session of 2026-12-02, night) produced the rest of docs/results/qwen15/matrix.jsonl (eval_log_2/3.txt).
 #   bash experiments/gpu_jobs.sh q15|q15b|q05a|q05b BG_END   # one job; evaluation chunks end before BG_END (epoch s)
 #   bash experiments/gpu_jobs.sh watch END              # follow the jobs until END or until they all ended;
 #                                                       # then pack $S/out into $OUT/results.tgz
