@@ -113,10 +113,20 @@ def test_validation_picks_the_ranking_that_holds_on_fresh_prompts(monkeypatch):
                                    window=4, keep=0.5, candidates=None, progress=False)
     assert len(meta["greedy"]) == 2 and meta["validation"]["sizes"] == [0.5]
     assert meta["validation"]["worst_loss_rise"] == {"greedy": [9.1], "ablation": [0.2]}
-    # a size between SIZES' is validated too, beside the larger ones
+    # a size between SIZES' is validated too, beside the larger ones; on 4 layers both sizes keep 2, so each
+    # ranking's plan is measured once
+    fresh_plans = []
+
+    def spy(m, g, p, b):
+        if "v" in g and p is not None:
+            fresh_plans.append(p)
+        return (fake_v if "v" in g else fake_c)(m, g, p, b)
+    monkeypatch.setattr(robust, "group_losses", spy)
     _, meta = robust.robust_scores(model, {"a": [object()], "b": [object()]}, {"v": [object()]}, sink=2,
                                    window=4, keep=0.4, candidates=None, progress=False)
     assert meta["validation"]["sizes"] == [0.5, 0.4]
+    assert meta["validation"]["worst_loss_rise"] == {"greedy": [9.1, 9.1], "ablation": [0.2, 0.2]}
+    assert len(fresh_plans) == 2
 
 
 def test_robust_profile_end_to_end_finds_the_layer_that_matters():

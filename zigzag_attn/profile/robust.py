@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -56,17 +56,8 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
     info = describe(model)
     choosable = [i for i in range(info.num_layers) if i not in info.native_sliding]
     start = time.perf_counter()
-    base = group_losses(model, groups, None, batch_size)
-
-    seen: dict[tuple[str, ...], float] = {}  # greedy's first round repeats the ablation's plans: no new forward
-
-    def worst(modes: list[str]) -> float:
-        key = tuple(modes)
-        if key not in seen:
-            losses = group_losses(model, groups, Plan.from_layers(modes, sink=sink, window=window, model=info),
-                                  batch_size)
-            seen[key] = max(losses[g] - base[g] for g in groups)
-        return seen[key]
+    # greedy's first round repeats the ablation's plans: measured once
+    base, worst = _worst_rise(model, groups, batch_size, sink=sink, window=window, info=info)
 
     full = [RETRIEVAL] * info.num_layers
     ablation = torch.zeros(info.num_layers)
@@ -94,7 +85,8 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
     chosen, name = greedy, "greedy"
     if valid:
         scores = {"greedy": greedy, "ablation": ablation_rank}
-        vbase = group_losses(model, valid, None, batch_size)
+        # the two rankings often keep the same layers at a size (and two sizes may round alike): measured once
+        _, vworst = _worst_rise(model, valid, batch_size, sink=sink, window=window, info=info)
         table = {}
         sizes = [r for r in SIZES if r >= keep - 1e-9]  # where the greedy ranking was searched, and `keep`
         if not sizes or abs(sizes[-1] - keep) > 1e-9:
@@ -104,10 +96,8 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
             for r in sizes:
                 k = math.floor(r * len(choosable) + 0.5)
                 top = set(sorted(choosable, key=lambda i: (-float(s[i]), i))[:k])
-                plan = Plan.from_layers([RETRIEVAL if i in top or i not in choosable else STREAMING
-                                         for i in range(info.num_layers)], sink=sink, window=window, model=info)
-                losses = group_losses(model, valid, plan, batch_size)
-                rises.append(max(losses[g] - vbase[g] for g in valid))
+                rises.append(vworst([RETRIEVAL if i in top or i not in choosable else STREAMING
+                                     for i in range(info.num_layers)]))
             table[key] = [round(x, 5) for x in rises]
         name = min(table, key=lambda k: sum(table[k]))  # greedy wins ties (listed first)
         chosen = scores[name]
@@ -115,6 +105,23 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
                               "worst_loss_rise": table, "chosen": name}
     meta.update(ranking=name, seconds=round(time.perf_counter() - start, 1))
     return chosen, meta
+
+
+def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, sink: int, window: int,
+                info) -> tuple[dict[str, float], Callable[[list[str]], float]]:
+    """Full attention's loss per group (measured here), and a function of a layer mode list: the worst group's
+    rise in loss over it, each plan measured once however often it is asked for."""
+    base = group_losses(model, groups, None, batch_size)
+    seen: dict[tuple[str, ...], float] = {}
+
+    def worst(modes: list[str]) -> float:
+        key = tuple(modes)
+        if key not in seen:
+            losses = group_losses(model, groups, Plan.from_layers(modes, sink=sink, window=window, model=info),
+                                  batch_size)
+            seen[key] = max(losses[g] - base[g] for g in groups)
+        return seen[key]
+    return base, worst
 
 
 def _rank(order: Sequence[int], rest: Sequence[int], ablation: torch.Tensor, num_layers: int) -> torch.Tensor:
