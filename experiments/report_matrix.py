@@ -75,17 +75,18 @@ def tables(rows: list[dict]) -> str:
         out.append(f"| {p} | {len(got)} | {sum(r['accuracy'] for _, r in got) / len(got):.3f} | "
                    f"{sum(s for s, _ in valid) / max(1, len(valid)):.3f} | {worst[0]:.2f} ({worst[1][0]} "
                    f"{worst[1][1] // 1024}k) | {kv:.3f} |")
-    return "\n".join(out + [""] + identical(rows, common, policies))
+    return "\n".join(out + [""] + identical(by, common, policies))
 
 
-def identical(rows: list[dict], common: list[tuple[str, int]], policies: list[str]) -> list[str]:
+def identical(by: dict[tuple, dict], common: list[tuple[str, int]], policies: list[str]) -> list[str]:
     """A line for each pair of policies with the same number of right answers in every common cell: a baseline
-    that quietly equals what it is compared with (say, a head plan at the all-streaming floor) must be said."""
-    by = {(r["policy"], r["task"], r["length"]): r["correct"] for r in rows}
+    that quietly equals what it is compared with (say, a head plan at the all-streaming floor) must be said.
+    by: (policy, task, length) -> row."""
     out = []
     for i, a in enumerate(policies):
         for b in policies[i + 1:]:
-            if common and all(by.get((a, *c)) == by.get((b, *c)) is not None for c in common):
+            if common and all((a, *c) in by and (b, *c) in by and by[(a, *c)]["correct"] == by[(b, *c)]["correct"]
+                              for c in common):
                 out.append(f"Note: {a} and {b} have the same number of right answers in all {len(common)} "
                            "common cells.")
     return out
