@@ -51,10 +51,10 @@ import hybrid_policies as hp  # noqa: E402
 
 RATIOS = (0.5, 0.33, 0.25)
 GENRES = ("technical", "legal")
-FULL = dict(length=8192, samples=4, candidates=6, gate_steps=100, gate_len=4096, lengths=(4096, 8192, 16384, 32768),
-            n=24, randoms=5, sink=64, window=256)
-SMOKE = dict(length=512, samples=1, candidates=2, gate_steps=3, gate_len=512, lengths=(384, 512), n=2, randoms=2,
-             sink=4, window=32)
+FULL = dict(length=8192, samples=4, candidates=6, gate_steps=100, gate_samples=4, gate_len=4096,
+            lengths=(4096, 8192, 16384, 32768), n=24, randoms=5, sink=64, window=256)
+SMOKE = dict(length=512, samples=1, candidates=2, gate_steps=3, gate_samples=1, gate_len=512, lengths=(384, 512), n=2,
+             randoms=2, sink=4, window=32)
 TASKS = ("multikey", "multivalue", "vartrack", "niah", "passkey", "commonwords")
 PRIORITY = [  # (policies, tasks) chunks, most needed first; every length of --lengths
     (["full", "zigzag@0.5", "duo@0.5", "streaming", "zigzag@0.25", "duo@0.25"], TASKS),
@@ -127,13 +127,13 @@ def robust(args, cfg, model, tok, state: Path, out: Path) -> None:
 
 
 def gates(cfg, model, tok, state: Path, out: Path) -> None:
-    groups = calibration_groups(tok, lengths=(cfg["gate_len"],), samples=cfg["samples"], seed=7)
+    groups = calibration_groups(tok, lengths=(cfg["gate_len"],), samples=cfg["gate_samples"], seed=7)
     data = [s for g in groups.values() for s in g]
     t = time.perf_counter()
     heads = zz.profile(model, tok, method="gates", data=data, granularity="head", steps=cfg["gate_steps"],
                        sink=cfg["sink"], window=cfg["window"], progress=False)
-    log(f"DuoAttention head gates: {time.perf_counter() - t:.1f} s, {cfg['gate_steps']} steps, mean change of a "
-        f"gate {heads.meta['mean_change']:.2f}")
+    log(f"DuoAttention head gates: {time.perf_counter() - t:.1f} s, {cfg['gate_steps']} steps on {len(data)} "
+        f"prompts, mean change of a gate {heads.meta['mean_change']:.2f}")
     heads.save(state / "head_scores.json")
     heads.save(out / "head_scores.json")
 
@@ -306,6 +306,7 @@ def main() -> None:
                     "can share a GPU)")
     ap.add_argument("--candidates", type=int, help="robust profile: layers tried per greedy round (default 6)")
     ap.add_argument("--gate-steps", type=int, help="head gates: training steps (default 100; DuoAttention uses 2000)")
+    ap.add_argument("--gate-samples", type=int, help="head gates: prompts per calibration task (default 4)")
     ap.add_argument("--n", type=int, help="eval prompts per genre and cell (default 24: n = 48 per cell)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--cache", help="a directory for a plain bf16 copy of the model (made by the first call)")
@@ -323,8 +324,9 @@ def main() -> None:
         cfg["n"] = args.n
     if args.candidates:
         cfg["candidates"] = args.candidates
-    if args.gate_steps:
-        cfg["gate_steps"] = args.gate_steps
+    for key in ("gate_steps", "gate_samples"):
+        if getattr(args, key):
+            cfg[key] = getattr(args, key)
     state, out = Path(args.state), Path(args.out)
     if args.command == "plans":
         return write_plans(cfg, state, out / "plans", args.policies.split(",") if args.policies else FRONTIER)

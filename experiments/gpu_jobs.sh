@@ -5,7 +5,9 @@
 # docs/results/qwen/matrix.jsonl in the session of 2026-12-02 (evening: ablation, common words and hybrid rows, with
 # q05a then running ablation@0.5, common words for every policy, ablation@0.25 and the rest, in that order).
 # q15b (session of 2026-12-02, night) produced the rest of docs/results/qwen15/matrix.jsonl (eval_log_2/3.txt).
-#   bash experiments/gpu_jobs.sh q15|q15b|q05a|q05b BG_END   # one job; evaluation chunks end before BG_END (epoch s)
+# q15c + q15d (session of 2026-12-03): the 1,000-step head gates and their duo@r rows; more random, 33% and
+# variable-tracking / common-words rows.
+#   bash experiments/gpu_jobs.sh q15|q15b|q15c|q15d|q05a|q05b BG_END   # one job; evaluation chunks end before BG_END (epoch s)
 #   bash experiments/gpu_jobs.sh watch END              # follow the jobs until END or until they all ended;
 #                                                       # then pack $S/out into $OUT/results.tgz
 # Each job keeps its own --state (no two processes append to one file); the 0.5B jobs start from the recorded
@@ -63,6 +65,30 @@ case $job in
       python $A eval "${q15[@]}" --cache $M/q15-bf16 --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
         | grep --line-buffered -v Warning
     done ;;
+  q15c)  # a fair DuoAttention baseline: head gates trained 1,000 steps on 48 prompts (the 100-step gates barely
+          # moved: docs/results.md), then every duo@r row again with them; the 100-step gates and rows stay recorded
+    seed q15 docs/results/qwen15
+    log "head gates: 1000 steps"
+    python $A calibrate "${q15[@]}" --part gates --gate-steps 1000 --gate-samples 16 --cache $M/q15-bf16 \
+      > $S/out/q15/gates_log_1000.txt 2>&1
+    grep -v Warning $S/out/q15/gates_log_1000.txt | grep -v "it/s\]" | tail -4
+    grep -v '"policy": "duo@' $S/q15/matrix.jsonl > $S/q15/m && mv $S/q15/m $S/q15/matrix.jsonl
+    while [ ! -f $S/q15d/prompts.done ] && [ $(date +%s) -lt $until ]; do sleep 5; done
+    cp $S/q15d/prompts.pt $S/q15/ 2>/dev/null
+    python $A eval "${q15[@]}" --cache $M/q15-bf16 --workers 8 --deadline $until --tasks $KEY \
+      --policies duo@0.5,duo@0.33,duo@0.25 2>&1 | grep --line-buffered -v Warning ;;
+  q15d)  # beside q15c on the same GPU (gate training leaves it mostly idle): the rows the matrix still lacks
+    seed q15d docs/results/qwen15
+    a=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15d --out $S/out/q15d)
+    python $A prompts "${a[@]}" --workers 12 2>&1 | grep --line-buffered -v Warning
+    touch $S/q15d/prompts.done
+    r5=random-1@0.25,random-2@0.25,random-3@0.25,random-4@0.25,random-5@0.25
+    for tp in "niah,passkey random-3@0.5,random-4@0.5,random-5@0.5" "multikey,multivalue $r5" \
+              "niah,passkey zigzag@0.33" "vartrack,commonwords full,zigzag@0.5,streaming" "niah,passkey $r5"; do
+      set -- $tp
+      python $A eval "${a[@]}" --cache $M/q15d-bf16 --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
+        | grep --line-buffered -v Warning
+    done ;;
   q05a)  # prompts for everyone, then the 0.5B rows still missing on the tasks that separate policies (common
          # words and variable tracking are at the 0.5B's floor: docs/results.md)
     seed q05a docs/results/qwen
@@ -90,6 +116,6 @@ case $job in
     cp $S/jobs/*.log $S/out/ 2>/dev/null
     tar czf $OUT/results.tgz -C $S out && ls -la $OUT/results.tgz
     for j in $jobs; do echo "== $j"; grep -v "it/s\]" $S/jobs/$j.log | tail -8 | cut -c1-200; done ;;
-  *) echo "usage: gpu_jobs.sh q15|q15b|q05a|q05b BG_END | watch END" >&2; exit 2 ;;
+  *) echo "usage: gpu_jobs.sh q15|q15b|q15c|q15d|q05a|q05b BG_END | watch END" >&2; exit 2 ;;
 esac
 log "ended"
