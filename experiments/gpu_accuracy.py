@@ -65,6 +65,7 @@ PRIORITY = [  # (policies, tasks) chunks, most needed first; every length of --l
     # the frontier (issue #16): hybrids at zigzag@r's KV; m = 1 copies zigzag@r's rows (an identical plan)
     ([f"hybrid-m{m}@{r}" for m in (2, 4, 1) for r in hp.RATIOS], hp.TASKS),
     ([f"hybrid-m{m}-s8@{r}" for m in (2, 4) for r in hp.RATIOS], hp.TASKS),
+    ([f"{p}@{r}" for p in ("layergates", "gatemean") for r in RATIOS], TASKS),  # issue #14's gate candidates
 ]
 FRONTIER = ["full", *(f"{p}@{r}" for r in hp.RATIOS for p in ("zigzag", "duo", *hp.NAMES))]
 
@@ -101,6 +102,8 @@ def calibrate(args, cfg, model, tok, state: Path, out: Path) -> None:
         robust(args, cfg, model, tok, state, out)
     if args.part in ("both", "gates"):
         gates(cfg, model, tok, state, out)
+    if args.part == "layergates":
+        gates(cfg, model, tok, state, out, granularity="layer")
 
 
 def robust(args, cfg, model, tok, state: Path, out: Path) -> None:
@@ -126,16 +129,18 @@ def robust(args, cfg, model, tok, state: Path, out: Path) -> None:
     scores.save(out / "robust_scores.json")
 
 
-def gates(cfg, model, tok, state: Path, out: Path) -> None:
+def gates(cfg, model, tok, state: Path, out: Path, granularity: str = "head") -> None:
+    """DuoAttention's distillation objective with one gate per KV head (head_scores.json: the duo@r baseline) or
+    per layer (layer_gates.json: the layergates@r candidate of issue #14)."""
     groups = calibration_groups(tok, lengths=(cfg["gate_len"],), samples=cfg["gate_samples"], seed=7)
     data = [s for g in groups.values() for s in g]
     t = time.perf_counter()
-    heads = zz.profile(model, tok, method="gates", data=data, granularity="head", steps=cfg["gate_steps"],
-                       sink=cfg["sink"], window=cfg["window"], progress=False)
-    log(f"DuoAttention head gates: {time.perf_counter() - t:.1f} s, {cfg['gate_steps']} steps on {len(data)} "
-        f"prompts, mean change of a gate {heads.meta['mean_change']:.2f}")
-    heads.save(state / "head_scores.json")
-    heads.save(out / "head_scores.json")
+    scores = zz.profile(model, tok, method="gates", data=data, granularity=granularity, steps=cfg["gate_steps"],
+                        sink=cfg["sink"], window=cfg["window"], progress=False)
+    log(f"DuoAttention {granularity} gates: {time.perf_counter() - t:.1f} s, {cfg['gate_steps']} steps on "
+        f"{len(data)} prompts, mean change of a gate {scores.meta['mean_change']:.2f}")
+    for d in (state, out):
+        scores.save(d / ("head_scores.json" if granularity == "head" else "layer_gates.json"))
 
 
 def policies(cfg, info: zz.ModelInfo, state: Path) -> dict[str, zz.Plan | None]:
@@ -147,9 +152,15 @@ def policies(cfg, info: zz.ModelInfo, state: Path) -> dict[str, zz.Plan | None]:
     ablation = zz.Scores(rise[:, None].expand(-1, info.num_kv_heads), rise, model=info, method="ablation-worst-task")
     out: dict[str, zz.Plan | None] = {"full": None, "streaming": all_streaming(info, sink=cfg["sink"],
                                                                                   window=cfg["window"]).plan}
+    # issue #14's candidates from the distillation objective: the head gates' mean per layer, and layer gates
+    gatemean = zz.Scores(heads.heads, model=info, method="head-gates-mean", aggregate="mean")
+    layer_gates = zz.Scores.load(state / "layer_gates.json") if (state / "layer_gates.json").exists() else None
     for r in RATIOS:
         plan = zz.Plan.load(_plan_file(state, r))
         out[f"zigzag@{r}"] = plan
+        out[f"gatemean@{r}"] = zz.solve(gatemean, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
+        if layer_gates is not None:
+            out[f"layergates@{r}"] = zz.solve(layer_gates, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
         # equal KV: the same number of retrieval heads, so the budget is equal at every length
         out[f"duo@{r}"] = zz.solve_heads(heads, kv_budget=plan.kv_fraction(max(cfg["lengths"])),
                                          context_length=max(cfg["lengths"]), sink=plan.sink, window=plan.window)
@@ -301,9 +312,9 @@ def main() -> None:
     ap.add_argument("--tasks", help="eval: only these tasks, comma-separated")
     ap.add_argument("--lengths", help="eval lengths, comma-separated (default: 4k, 8k, 16k, 32k)")
     ap.add_argument("--calib-length", type=int, help="calibration prompt length (default 8192)")
-    ap.add_argument("--part", choices=("both", "robust", "gates"), default="both",
+    ap.add_argument("--part", choices=("both", "robust", "gates", "layergates"), default="both",
                     help="calibrate: the robust layer profile, the DuoAttention head gates, or both (two processes "
-                    "can share a GPU)")
+                    "can share a GPU); layergates: gates of one per layer, for the layergates@r plans")
     ap.add_argument("--candidates", type=int, help="robust profile: layers tried per greedy round (default 6)")
     ap.add_argument("--gate-steps", type=int, help="head gates: training steps (default 100; DuoAttention uses 2000)")
     ap.add_argument("--gate-samples", type=int, help="head gates: prompts per calibration task (default 4)")

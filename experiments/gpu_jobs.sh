@@ -7,7 +7,12 @@
 # q15b (session of 2026-12-02, night) produced the rest of docs/results/qwen15/matrix.jsonl (eval_log_2/3.txt).
 # q15c + q15d (session of 2026-12-03): the 1,000-step head gates and their duo@r rows; more random, 33% and
 # variable-tracking / common-words rows.
-#   bash experiments/gpu_jobs.sh q15|q15b|q15c|q15d|q05a|q05b BG_END   # one job; evaluation chunks end before BG_END (epoch s)
+# q15e + q15g + q05c (session of 2026-12-03, morning; the machine was lost after 9 minutes): the 1.5B's duo@r rows on
+# multi-key and multi-value with the 1,000-step gates, and docs/results/qwen/head_scores_1000steps.json with its
+# duo@0.5 multi-key rows. Not reached, ready for the next session as JOBS="q15e q15h q15g": the 1.5B's hybrids with
+# those gates, issue #14's gate candidates (layergates@r: layer gates, 1,000 steps; gatemean@r), duo@r on NIAH and
+# pass key (q15h).
+#   bash experiments/gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q05a|q05b|q05c BG_END   # one job; evaluation chunks end before BG_END (epoch s)
 #   bash experiments/gpu_jobs.sh watch END              # follow the jobs until END or until they all ended;
 #                                                       # then pack $S/out into $OUT/results.tgz
 # Each job keeps its own --state (no two processes append to one file); the 0.5B jobs start from the recorded
@@ -89,6 +94,55 @@ case $job in
       python $A eval "${a[@]}" --cache $M/q15d-bf16 --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
         | grep --line-buffered -v Warning
     done ;;
+  q15e)  # the recorded 1,000-step head gates (docs/results/qwen15/head_scores.json): duo@r, then the hybrids
+    seed q15 docs/results/qwen15
+    shared_prompts q15
+    for tp in "multikey,multivalue duo@0.5,duo@0.25,duo@0.33" "multikey,multivalue hybrid-m2@0.5,hybrid-m4@0.5,gatemean@0.5" \
+              "multikey,multivalue hybrid-m2@0.25,hybrid-m2-s8@0.25,hybrid-m4@0.25,hybrid-m4-s8@0.25,gatemean@0.25" \
+              "niah,passkey hybrid-m2@0.5,hybrid-m4@0.5" "niah,passkey duo@0.5,duo@0.25,duo@0.33"; do
+      set -- $tp
+      python $A eval "${q15[@]}" --cache $M/q15-bf16 --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
+        | grep --line-buffered -v Warning
+    done ;;
+  q15h)  # beside q15e: duo@r on NIAH and pass key
+    seed q15h docs/results/qwen15
+    a=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15h --out $S/out/q15h)
+    python $A eval "${a[@]}" --cache $M/q15h-bf16 --workers 8 --deadline $until --tasks niah,passkey \
+      --policies duo@0.5,duo@0.25,duo@0.33 2>&1 | grep --line-buffered -v Warning ;;
+  q15g)  # beside q15e: layer gates (DuoAttention's objective, one gate per layer, 1,000 steps), their plans, then
+          # the random 25% sets and the 33% plan rows still missing
+    seed q15g docs/results/qwen15
+    a=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15g --out $S/out/q15g)
+    log "layer gates: 1000 steps"
+    python $A calibrate "${a[@]}" --part layergates --gate-steps 1000 --gate-samples 16 --cache $M/q15g-bf16 \
+      > $S/out/q15g/layer_gates_log.txt 2>&1
+    grep -v Warning $S/out/q15g/layer_gates_log.txt | grep -v "it/s\]" | tail -3
+    r5=random-1@0.25,random-2@0.25,random-3@0.25,random-4@0.25,random-5@0.25
+    for tp in "multikey,multivalue layergates@0.5,layergates@0.25,layergates@0.33" "multikey,multivalue $r5" \
+              "niah,passkey layergates@0.5,layergates@0.25,zigzag@0.33"; do
+      set -- $tp
+      python $A eval "${a[@]}" --cache $M/q15g-bf16 --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
+        | grep --line-buffered -v Warning
+    done ;;
+  q05c)  # the 0.5B's fair DuoAttention baseline, as q15c did for the 1.5B: 1,000-step head gates, then duo@r again
+    seed q05c docs/results/qwen
+    a=("${q05[@]}" --state $S/q05c --out $S/out/q05c)
+    mv $S/q05c/head_scores.json $S/q05c/head_scores_100steps.json 2>/dev/null
+    if [ -f docs/results/qwen/head_scores_1000steps.json ]; then  # recorded by the morning of 2026-12-03
+      cp docs/results/qwen/head_scores_1000steps.json $S/q05c/head_scores.json
+    else
+      log "head gates: 1000 steps"
+      python $A calibrate "${a[@]}" --part gates --gate-steps 1000 --gate-samples 16 --cache $M/q05-bf16 \
+        > $S/out/q05c/gates_log_1000.txt 2>&1
+      grep -v Warning $S/out/q05c/gates_log_1000.txt | grep -v "it/s\]" | tail -3
+    fi
+    grep -v '"policy": "duo@' $S/q05c/matrix.jsonl > $S/q05c/m && mv $S/q05c/m $S/q05c/matrix.jsonl
+    for tp in "multikey,multivalue duo@0.5,duo@0.25,duo@0.33" "niah,passkey duo@0.5,duo@0.25" \
+              "vartrack,commonwords duo@0.5,duo@0.25"; do
+      set -- $tp
+      python $A eval "${a[@]}" --cache $M/q05-bf16 --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
+        | grep --line-buffered -v Warning
+    done ;;
   q05a)  # prompts for everyone, then the 0.5B rows still missing on the tasks that separate policies (common
          # words and variable tracking are at the 0.5B's floor: docs/results.md)
     seed q05a docs/results/qwen
@@ -107,15 +161,16 @@ case $job in
     done ;;
   watch)
     jobs=$(cd $S/jobs && ls *.log 2>/dev/null | sed 's/\.log$//')
+    pack() { cp $S/jobs/*.log $S/out/ 2>/dev/null; tar czf $OUT/results.tgz -C $S out; }
     while [ $(date +%s) -lt $(( until - 20 )) ] && pgrep -f "gpu_jobs.sh q" > /dev/null; do
       sleep 60
       for j in $jobs; do echo "$j: $(grep -a '^\[' $S/jobs/$j.log 2>/dev/null | tail -1 | cut -c1-150)"; done
+      pack  # every minute: a call cut off by its time limit still brings back what was done
     done
     pgrep -f "gpu_jobs.sh q" > /dev/null || echo "all jobs ended"
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
-    cp $S/jobs/*.log $S/out/ 2>/dev/null
-    tar czf $OUT/results.tgz -C $S out && ls -la $OUT/results.tgz
+    pack && ls -la $OUT/results.tgz
     for j in $jobs; do echo "== $j"; grep -v "it/s\]" $S/jobs/$j.log | tail -8 | cut -c1-200; done ;;
-  *) echo "usage: gpu_jobs.sh q15|q15b|q15c|q15d|q05a|q05b BG_END | watch END" >&2; exit 2 ;;
+  *) echo "usage: gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q05a|q05b|q05c BG_END | watch END" >&2; exit 2 ;;
 esac
 log "ended"

@@ -12,7 +12,7 @@ from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
 import zigzag_attn as zz
 from zigzag_attn.data.passkey import IGNORE, Sample
 from zigzag_attn.profile import gates as gates_module
-from zigzag_attn.profile.gates import train_gates
+from zigzag_attn.profile.gates import train_gates, upper_half_kept
 
 SINK, WINDOW = 1, 4
 
@@ -68,11 +68,29 @@ def test_gates_keep_the_layer_that_needs_full_attention():
     assert len(meta["loss_curve"]) == len(meta["distill_curve"]) == 20
     assert {"granularity", "tie", "lam", "steps", "lr"} <= meta.keys()
     assert meta["mean_change"] > 0.6  # four gates went from 1 to near 0
+    assert list(meta["snapshots"]) == ["5", "10", "15"]  # after a quarter, half and three quarters of the steps
+    assert all(torch.tensor(g).shape == (3, 2) for g in meta["snapshots"].values())
+    assert torch.tensor(meta["snapshots"]["5"]).min() > heads.min()  # the streaming gates were still falling
+
+
+def test_upper_half_kept_counts_the_shared_upper_half():
+    assert upper_half_kept([0.9, 0.8, 0.1, 0.2], [0.7, 0.9, 0.3, 0.1]) == 1.0
+    assert upper_half_kept([0.9, 0.8, 0.1, 0.2], [0.1, 0.9, 0.8, 0.2]) == 0.5
+    assert upper_half_kept([[1.0, 1.0], [1.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]) == 1.0  # ties: lower index, both sides
+
+
+def test_gates_still_reranking_warn(monkeypatch):
+    model = llama(layers=3)
+    monkeypatch.setattr(gates_module, "MIN_CHANGE", 0.0)
+    monkeypatch.setattr(gates_module, "MIN_SETTLED", 1.01)  # nothing is ever settled enough
+    with pytest.warns(UserWarning, match="still re-ranking"):
+        _, _, meta = train(model, samples(), steps=4, lr=0.1)
+    assert 0 <= meta["settled"] <= 1
 
 
 def test_gates_that_barely_moved_warn():
     model = llama(layers=3)
-    with pytest.warns(UserWarning, match="barely trained"):
+    with pytest.warns(UserWarning, match="moved only"):
         _, _, meta = train(model, samples(), steps=2, lr=1e-4)
     assert meta["mean_change"] < 0.01
     with warnings.catch_warnings():  # the trained run above moved its gates far: no warning
