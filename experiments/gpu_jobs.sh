@@ -45,6 +45,20 @@ shared_prompts() {  # the prompts q05a builds (one tokenizer for both Qwen model
   done
   [ -f $S/$1/prompts.pt ] || cp $S/q05a/prompts.pt $S/$1/ 2>/dev/null
 }
+gate_run() {  # gate_run PART LOG ARGS...: gates trained 1,000 steps on 16 prompts a task (--part gates|layergates)
+  local part=$1 logf=$2; shift 2
+  log "$part: 1000 steps"
+  python $A calibrate "$@" --part $part --gate-steps 1000 --gate-samples 16 > $logf 2>&1
+  grep -v Warning $logf | grep -v "it/s\]" | tail -3
+}
+chunks() {  # chunks ARRAY "TASKS POLICIES"...: one eval call per pair, with the named array's arguments
+  local -n args=$1; shift
+  for tp in "$@"; do
+    set -- $tp
+    python $A eval "${args[@]}" --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
+      | grep --line-buffered -v Warning
+  done
+}
 case $job in
   q15)
     seed q15 docs/results/qwen15  # on a fresh machine, the recorded calibration and rows: no recalibration
@@ -97,52 +111,37 @@ case $job in
   q15e)  # the recorded 1,000-step head gates (docs/results/qwen15/head_scores.json): duo@r, then the hybrids
     seed q15 docs/results/qwen15
     shared_prompts q15
-    for tp in "multikey,multivalue duo@0.5,duo@0.25,duo@0.33" "multikey,multivalue hybrid-m2@0.5,hybrid-m4@0.5,gatemean@0.5" \
-              "multikey,multivalue hybrid-m2@0.25,hybrid-m2-s8@0.25,hybrid-m4@0.25,hybrid-m4-s8@0.25,gatemean@0.25" \
-              "niah,passkey hybrid-m2@0.5,hybrid-m4@0.5" "niah,passkey duo@0.5,duo@0.25,duo@0.33"; do
-      set -- $tp
-      python $A eval "${q15[@]}" --cache $M/q15-bf16 --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
-        | grep --line-buffered -v Warning
-    done ;;
+    a=("${q15[@]}" --cache $M/q15-bf16)
+    chunks a "multikey,multivalue duo@0.5,duo@0.25,duo@0.33" \
+      "multikey,multivalue hybrid-m2@0.5,hybrid-m4@0.5,gatemean@0.5" \
+      "multikey,multivalue hybrid-m2@0.25,hybrid-m2-s8@0.25,hybrid-m4@0.25,hybrid-m4-s8@0.25,gatemean@0.25" \
+      "niah,passkey hybrid-m2@0.5,hybrid-m4@0.5" "niah,passkey duo@0.5,duo@0.25,duo@0.33" ;;
   q15h)  # beside q15e: duo@r on NIAH and pass key
     seed q15h docs/results/qwen15
-    a=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15h --out $S/out/q15h)
-    python $A eval "${a[@]}" --cache $M/q15h-bf16 --workers 8 --deadline $until --tasks niah,passkey \
-      --policies duo@0.5,duo@0.25,duo@0.33 2>&1 | grep --line-buffered -v Warning ;;
+    a=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15h --out $S/out/q15h
+       --cache $M/q15h-bf16)
+    chunks a "niah,passkey duo@0.5,duo@0.25,duo@0.33" ;;
   q15g)  # beside q15e: layer gates (DuoAttention's objective, one gate per layer, 1,000 steps), their plans, then
           # the random 25% sets and the 33% plan rows still missing
     seed q15g docs/results/qwen15
-    a=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15g --out $S/out/q15g)
-    log "layer gates: 1000 steps"
-    python $A calibrate "${a[@]}" --part layergates --gate-steps 1000 --gate-samples 16 --cache $M/q15g-bf16 \
-      > $S/out/q15g/layer_gates_log.txt 2>&1
-    grep -v Warning $S/out/q15g/layer_gates_log.txt | grep -v "it/s\]" | tail -3
+    a=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15g --out $S/out/q15g
+       --cache $M/q15g-bf16)
+    gate_run layergates $S/out/q15g/layer_gates_log.txt "${a[@]}"
     r5=random-1@0.25,random-2@0.25,random-3@0.25,random-4@0.25,random-5@0.25
-    for tp in "multikey,multivalue layergates@0.5,layergates@0.25,layergates@0.33" "multikey,multivalue $r5" \
-              "niah,passkey layergates@0.5,layergates@0.25,zigzag@0.33"; do
-      set -- $tp
-      python $A eval "${a[@]}" --cache $M/q15g-bf16 --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
-        | grep --line-buffered -v Warning
-    done ;;
+    chunks a "multikey,multivalue layergates@0.5,layergates@0.25,layergates@0.33" "multikey,multivalue $r5" \
+      "niah,passkey layergates@0.5,layergates@0.25,zigzag@0.33" ;;
   q05c)  # the 0.5B's fair DuoAttention baseline, as q15c did for the 1.5B: 1,000-step head gates, then duo@r again
     seed q05c docs/results/qwen
-    a=("${q05[@]}" --state $S/q05c --out $S/out/q05c)
+    a=("${q05[@]}" --state $S/q05c --out $S/out/q05c --cache $M/q05-bf16)
     mv $S/q05c/head_scores.json $S/q05c/head_scores_100steps.json 2>/dev/null
     if [ -f docs/results/qwen/head_scores_1000steps.json ]; then  # recorded by the morning of 2026-12-03
       cp docs/results/qwen/head_scores_1000steps.json $S/q05c/head_scores.json
     else
-      log "head gates: 1000 steps"
-      python $A calibrate "${a[@]}" --part gates --gate-steps 1000 --gate-samples 16 --cache $M/q05-bf16 \
-        > $S/out/q05c/gates_log_1000.txt 2>&1
-      grep -v Warning $S/out/q05c/gates_log_1000.txt | grep -v "it/s\]" | tail -3
+      gate_run gates $S/out/q05c/gates_log_1000.txt "${a[@]}"
     fi
     grep -v '"policy": "duo@' $S/q05c/matrix.jsonl > $S/q05c/m && mv $S/q05c/m $S/q05c/matrix.jsonl
-    for tp in "multikey,multivalue duo@0.5,duo@0.25,duo@0.33" "niah,passkey duo@0.5,duo@0.25" \
-              "vartrack,commonwords duo@0.5,duo@0.25"; do
-      set -- $tp
-      python $A eval "${a[@]}" --cache $M/q05-bf16 --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
-        | grep --line-buffered -v Warning
-    done ;;
+    chunks a "multikey,multivalue duo@0.5,duo@0.25,duo@0.33" "niah,passkey duo@0.5,duo@0.25" \
+      "vartrack,commonwords duo@0.5,duo@0.25" ;;
   q05a)  # prompts for everyone, then the 0.5B rows still missing on the tasks that separate policies (common
          # words and variable tracking are at the 0.5B's floor: docs/results.md)
     seed q05a docs/results/qwen
