@@ -152,13 +152,13 @@ def policies(cfg, info: zz.ModelInfo, state: Path) -> dict[str, zz.Plan | None]:
     ablation = zz.Scores(rise[:, None].expand(-1, info.num_kv_heads), rise, model=info, method="ablation-worst-task")
     out: dict[str, zz.Plan | None] = {"full": None, "streaming": all_streaming(info, sink=cfg["sink"],
                                                                                   window=cfg["window"]).plan}
-    # issue #14's candidates from the distillation objective: the head gates' mean per layer, and layer gates
-    gatemean = zz.Scores(heads.heads, model=info, method="head-gates-mean", aggregate="mean")
+    # issue #14's candidates from the distillation objective: the head gates' mean per layer (the layer scores
+    # train_gates records with head gates), and layer gates
     layer_gates = zz.Scores.load(state / "layer_gates.json") if (state / "layer_gates.json").exists() else None
     for r in RATIOS:
         plan = zz.Plan.load(_plan_file(state, r))
         out[f"zigzag@{r}"] = plan
-        out[f"gatemean@{r}"] = zz.solve(gatemean, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
+        out[f"gatemean@{r}"] = zz.solve(heads, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
         if layer_gates is not None:
             out[f"layergates@{r}"] = zz.solve(layer_gates, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
         # equal KV: the same number of retrieval heads, so the budget is equal at every length

@@ -45,6 +45,10 @@ shared_prompts() {  # the prompts q05a builds (one tokenizer for both Qwen model
   done
   [ -f $S/$1/prompts.pt ] || cp $S/q05a/prompts.pt $S/$1/ 2>/dev/null
 }
+q15s() {  # q15s NAME: into the array a, the 1.5B's arguments with a state, output and bf16 copy of its own
+  a=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/$1 --out $S/out/$1
+     --cache $M/$1-bf16)
+}
 gate_run() {  # gate_run PART LOG ARGS...: gates trained 1,000 steps on 16 prompts a task (--part gates|layergates)
   local part=$1 logf=$2; shift 2
   log "$part: 1000 steps"
@@ -78,36 +82,26 @@ case $job in
     seed q15 docs/results/qwen15
     shared_prompts q15
     rnd=random-1@0.5,random-2@0.5,random-3@0.5,random-4@0.5,random-5@0.5
-    for tp in "$KEY full,zigzag@0.5,duo@0.5,streaming,zigzag@0.25,duo@0.25" "multikey,multivalue $rnd" \
-              "multikey,multivalue zigzag@0.33,duo@0.33" "niah,passkey $rnd"; do
-      set -- $tp
-      python $A eval "${q15[@]}" --cache $M/q15-bf16 --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
-        | grep --line-buffered -v Warning
-    done ;;
+    a=("${q15[@]}" --cache $M/q15-bf16)
+    chunks a "$KEY full,zigzag@0.5,duo@0.5,streaming,zigzag@0.25,duo@0.25" "multikey,multivalue $rnd" \
+      "multikey,multivalue zigzag@0.33,duo@0.33" "niah,passkey $rnd" ;;
   q15c)  # a fair DuoAttention baseline: head gates trained 1,000 steps on 48 prompts (the 100-step gates barely
           # moved: docs/results.md), then every duo@r row again with them; the 100-step gates and rows stay recorded
     seed q15 docs/results/qwen15
-    log "head gates: 1000 steps"
-    python $A calibrate "${q15[@]}" --part gates --gate-steps 1000 --gate-samples 16 --cache $M/q15-bf16 \
-      > $S/out/q15/gates_log_1000.txt 2>&1
-    grep -v Warning $S/out/q15/gates_log_1000.txt | grep -v "it/s\]" | tail -4
+    a=("${q15[@]}" --cache $M/q15-bf16)
+    gate_run gates $S/out/q15/gates_log_1000.txt "${a[@]}"
     grep -v '"policy": "duo@' $S/q15/matrix.jsonl > $S/q15/m && mv $S/q15/m $S/q15/matrix.jsonl
     while [ ! -f $S/q15d/prompts.done ] && [ $(date +%s) -lt $until ]; do sleep 5; done
     cp $S/q15d/prompts.pt $S/q15/ 2>/dev/null
-    python $A eval "${q15[@]}" --cache $M/q15-bf16 --workers 8 --deadline $until --tasks $KEY \
-      --policies duo@0.5,duo@0.33,duo@0.25 2>&1 | grep --line-buffered -v Warning ;;
+    chunks a "$KEY duo@0.5,duo@0.33,duo@0.25" ;;
   q15d)  # beside q15c on the same GPU (gate training leaves it mostly idle): the rows the matrix still lacks
     seed q15d docs/results/qwen15
-    a=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15d --out $S/out/q15d)
+    q15s q15d
     python $A prompts "${a[@]}" --workers 12 2>&1 | grep --line-buffered -v Warning
     touch $S/q15d/prompts.done
     r5=random-1@0.25,random-2@0.25,random-3@0.25,random-4@0.25,random-5@0.25
-    for tp in "niah,passkey random-3@0.5,random-4@0.5,random-5@0.5" "multikey,multivalue $r5" \
-              "niah,passkey zigzag@0.33" "vartrack,commonwords full,zigzag@0.5,streaming" "niah,passkey $r5"; do
-      set -- $tp
-      python $A eval "${a[@]}" --cache $M/q15d-bf16 --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
-        | grep --line-buffered -v Warning
-    done ;;
+    chunks a "niah,passkey random-3@0.5,random-4@0.5,random-5@0.5" "multikey,multivalue $r5" \
+      "niah,passkey zigzag@0.33" "vartrack,commonwords full,zigzag@0.5,streaming" "niah,passkey $r5" ;;
   q15e)  # the recorded 1,000-step head gates (docs/results/qwen15/head_scores.json): duo@r, then the hybrids
     seed q15 docs/results/qwen15
     shared_prompts q15
@@ -118,14 +112,12 @@ case $job in
       "niah,passkey hybrid-m2@0.5,hybrid-m4@0.5" "niah,passkey duo@0.5,duo@0.25,duo@0.33" ;;
   q15h)  # beside q15e: duo@r on NIAH and pass key
     seed q15h docs/results/qwen15
-    a=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15h --out $S/out/q15h
-       --cache $M/q15h-bf16)
+    q15s q15h
     chunks a "niah,passkey duo@0.5,duo@0.25,duo@0.33" ;;
   q15g)  # beside q15e: layer gates (DuoAttention's objective, one gate per layer, 1,000 steps), their plans, then
           # the random 25% sets and the 33% plan rows still missing
     seed q15g docs/results/qwen15
-    a=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15g --out $S/out/q15g
-       --cache $M/q15g-bf16)
+    q15s q15g
     gate_run layergates $S/out/q15g/layer_gates_log.txt "${a[@]}"
     r5=random-1@0.25,random-2@0.25,random-3@0.25,random-4@0.25,random-5@0.25
     chunks a "multikey,multivalue layergates@0.5,layergates@0.25,layergates@0.33" "multikey,multivalue $r5" \

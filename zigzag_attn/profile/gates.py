@@ -123,12 +123,13 @@ def train_gates(model, samples: list[Sample], *, sink: int, window: int, granula
             losses.append(round(loss.item(), 6))
             distills.append(round(distill.item(), 6))
             if len(losses) in quarters:  # how the ranking settles: compare with the final gates
-                snapshots[len(losses)] = [[round(g, 4) for g in row] for row in gates.detach().float().cpu().tolist()]
+                snapshots[len(losses)] = gates.detach().float().cpu().clone()  # a copy: on CPU .cpu() aliases
             bar.set_postfix(loss=losses[-1])
+    final = gates.detach().float().cpu()
     heads = torch.ones(info.num_layers, info.num_kv_heads)
-    heads[layers] = gates.detach().float().cpu().expand(len(layers), info.num_kv_heads)
-    change = float((gates.detach() - init).abs().mean())
-    settled = upper_half_kept(snapshots[max(quarters)], gates.detach().float().cpu()) if snapshots else 1.0
+    heads[layers] = final.expand(len(layers), info.num_kv_heads)
+    change = float((final - init).abs().mean())
+    settled = upper_half_kept(snapshots[max(quarters)], final)  # steps >= 1: the 3/4 snapshot always exists
     if change < MIN_CHANGE or settled < MIN_SETTLED:
         why = (f"moved only {change:.3f} on average from their start of {init}" if change < MIN_CHANGE else
                f"were still re-ranking: only {settled:.2f} of the upper half after {max(quarters)} steps stayed there")
@@ -136,7 +137,8 @@ def train_gates(model, samples: list[Sample], *, sink: int, window: int, granula
                       "(DuoAttention trains 2,000 steps); raise steps", UserWarning, stacklevel=2)
     meta = {"granularity": granularity, "tie": tie, "lam": lam, "steps": steps, "lr": lr, "loss_curve": losses,
             "distill_curve": distills, "mean_change": round(change, 4), "settled": round(settled, 4),
-            "snapshots": {str(k): v for k, v in sorted(snapshots.items())}}  # step -> gates of the gated layers
+            "snapshots": {str(k): [[round(g, 4) for g in row] for row in v.tolist()]
+                          for k, v in sorted(snapshots.items())}}  # step -> the gated layers' gates
     return heads, heads[:, 0].clone() if granularity == "layer" else heads.mean(dim=1), meta
 
 
