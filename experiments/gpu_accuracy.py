@@ -65,7 +65,7 @@ PRIORITY = [  # (policies, tasks) chunks, most needed first; every length of --l
     # the frontier (issue #16): hybrids at zigzag@r's KV; m = 1 copies zigzag@r's rows (an identical plan)
     ([f"hybrid-m{m}@{r}" for m in (2, 4, 1) for r in hp.RATIOS], hp.TASKS),
     ([f"hybrid-m{m}-s8@{r}" for m in (2, 4) for r in hp.RATIOS], hp.TASKS),
-    ([f"{p}@{r}" for p in ("layergates", "gatemean") for r in RATIOS], TASKS),  # issue #14's gate candidates
+    ([f"{p}@{r}" for p in ("layergates", "gatemean", "gatemax") for r in RATIOS], TASKS),  # issue #14's gate candidates
 ]
 FRONTIER = ["full", *(f"{p}@{r}" for r in hp.RATIOS for p in ("zigzag", "duo", *hp.NAMES))]
 
@@ -153,12 +153,16 @@ def policies(cfg, info: zz.ModelInfo, state: Path) -> dict[str, zz.Plan | None]:
     out: dict[str, zz.Plan | None] = {"full": None, "streaming": all_streaming(info, sink=cfg["sink"],
                                                                                   window=cfg["window"]).plan}
     # issue #14's candidates from the distillation objective: the head gates' mean per layer (the layer scores
-    # train_gates records with head gates), and layer gates
+    # train_gates records with head gates), their max per layer (a layer with one decisive head stays full: the
+    # 1.5B's mean hid it, docs/results.md), and layer gates
+    top = torch.as_tensor(heads.heads).float()
+    gatemax = zz.Scores(top, top.max(dim=1).values, model=heads.model, method="gates-max-per-layer")
     layer_gates = zz.Scores.load(state / "layer_gates.json") if (state / "layer_gates.json").exists() else None
     for r in RATIOS:
         plan = zz.Plan.load(_plan_file(state, r))
         out[f"zigzag@{r}"] = plan
         out[f"gatemean@{r}"] = zz.solve(heads, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
+        out[f"gatemax@{r}"] = zz.solve(gatemax, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
         if layer_gates is not None:
             out[f"layergates@{r}"] = zz.solve(layer_gates, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
         # equal KV: the same number of retrieval heads, so the budget is equal at every length
@@ -235,6 +239,10 @@ def _cell(job):
 def evaluate(args, cfg, model, tok, state: Path, out: Path, cache: dict) -> None:
     """Every policy on the prompts of `cache` ((task, length) -> samples), in PRIORITY order, until --deadline."""
     plans = policies(cfg, describe(model), state)
+    known = {n for names, _ in PRIORITY for n in names} & set(plans)
+    unknown = sorted(set(args.policies.split(",")) - known) if args.policies else []
+    if unknown:  # a misspelt or unavailable policy would otherwise be skipped without a word
+        raise SystemExit(f"--policies: no such policy here: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     last = 0.0  # seconds the last chunk took
     f = state / "matrix.jsonl"
     done = {(r["policy"], r["task"], r["length"]): r for r in map(json.loads, f.read_text().splitlines())} \
@@ -343,6 +351,12 @@ def main() -> None:
         return write_plans(cfg, state, out / "plans", args.policies.split(",") if args.policies else FRONTIER)
     if not (args.model and args.name):
         ap.error(f"{args.command} needs --model and --name")
+    names = {n for ns, _ in PRIORITY for n in ns}
+    if args.policies and set(args.policies.split(",")) - names:  # before any slow work; availability: evaluate
+        ap.error(f"--policies: unknown {', '.join(sorted(set(args.policies.split(',')) - names))}")
+    if args.tasks and set(args.tasks.split(",")) - set(TASKS):
+        bad = ", ".join(sorted(set(args.tasks.split(",")) - set(TASKS)))
+        ap.error(f"--tasks: unknown {bad} (known: {', '.join(TASKS)})")
     state.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()

@@ -9,10 +9,13 @@
 # variable-tracking / common-words rows.
 # q15e + q15g + q05c (session of 2026-12-03, morning; the machine was lost after 9 minutes): the 1.5B's duo@r rows on
 # multi-key and multi-value with the 1,000-step gates, and docs/results/qwen/head_scores_1000steps.json with its
-# duo@0.5 multi-key rows. Not reached, ready for the next session as JOBS="q15e q15h q15g": the 1.5B's hybrids with
-# those gates, issue #14's gate candidates (layergates@r: layer gates, 1,000 steps; gatemean@r), duo@r on NIAH and
-# pass key (q15h).
-#   bash experiments/gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q05a|q05b|q05c BG_END   # one job; evaluation chunks end before BG_END (epoch s)
+# duo@0.5 multi-key rows.
+# q15e + q15g again (session of 2026-12-03, noon; run twice, the machine lost once): the 1.5B's hybrids with those
+# gates, issue #14's gate candidates (docs/results/qwen15/layer_gates.json, 383 s; layergates@r and gatemean@r on
+# multi-key and multi-value), random sets 1-4 at 25%, duo@0.5 and hybrid-m2@0.5 on NIAH.
+# Ready for the next session: JOBS="q15h q15i" (gatemax@r; duo@r, the layer-gate and hybrid plans on NIAH and pass
+# key; random sets 4-5 at 25%).
+#   bash experiments/gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15i|q05a|q05b|q05c BG_END   # one job; evaluation chunks end before BG_END (epoch s)
 #   bash experiments/gpu_jobs.sh watch END              # follow the jobs until END or until they all ended;
 #                                                       # then pack $S/out into $OUT/results.tgz
 # Each job keeps its own --state (no two processes append to one file); the 0.5B jobs start from the recorded
@@ -118,10 +121,16 @@ case $job in
           # the random 25% sets and the 33% plan rows still missing
     seed q15g docs/results/qwen15
     q15s q15g
-    gate_run layergates $S/out/q15g/layer_gates_log.txt "${a[@]}"
+    [ -f $S/q15g/layer_gates.json ] || gate_run layergates $S/out/q15g/layer_gates_log.txt "${a[@]}"  # recorded: reuse
     r5=random-1@0.25,random-2@0.25,random-3@0.25,random-4@0.25,random-5@0.25
     chunks a "multikey,multivalue layergates@0.5,layergates@0.25,layergates@0.33" "multikey,multivalue $r5" \
       "niah,passkey layergates@0.5,layergates@0.25,zigzag@0.33" ;;
+  q15i)  # beside q15h: layers ranked by their best head gate (gatemax@r: the mean hid the one decisive head),
+         # then the rows the 1.5B's claims still lack on NIAH and pass key, then the last random sets at 25%
+    seed q15i docs/results/qwen15
+    q15s q15i
+    chunks a "multikey,multivalue gatemax@0.5,gatemax@0.33,gatemax@0.25" \
+      "niah,passkey hybrid-m4@0.25,layergates@0.5,layergates@0.25" "multikey,multivalue random-4@0.25,random-5@0.25" ;;
   q05c)  # the 0.5B's fair DuoAttention baseline, as q15c did for the 1.5B: 1,000-step head gates, then duo@r again
     seed q05c docs/results/qwen
     a=("${q05[@]}" --state $S/q05c --out $S/out/q05c --cache $M/q05-bf16)
@@ -162,6 +171,6 @@ case $job in
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
     pack && ls -la $OUT/results.tgz
     for j in $jobs; do echo "== $j"; grep -v "it/s\]" $S/jobs/$j.log | tail -8 | cut -c1-200; done ;;
-  *) echo "usage: gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q05a|q05b|q05c BG_END | watch END" >&2; exit 2 ;;
+  *) echo "usage: gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15i|q05a|q05b|q05c BG_END | watch END" >&2; exit 2 ;;
 esac
 log "ended"

@@ -14,6 +14,8 @@
 #                                                # 4k..32k, n=48) until the deadline
 #   bash experiments/gpu_session.sh frontier05b  # the same at 0.25 (timing), then the accuracy rows still missing
 #   bash experiments/gpu_session.sh frontier05e  # only the accuracy rows still missing
+#   [R=0.25] bash experiments/gpu_session.sh frontier15  # issue #16, 1.5B: compiled decode of zigzag@R, hybrid-m2/m4@R,
+#                                                       # duo@R and full at 8k/32k B=1 (bench_plans.py), alone
 #   [JOBS="q15 ..."] BG_END=<epoch s> bash experiments/gpu_session.sh launch   # start the background jobs
 #                                            # of experiments/gpu_jobs.sh (1.5B calibration then evaluation; 0.5B
 #                                            # evaluation rows), which run across calls until BG_END, then watch
@@ -74,6 +76,19 @@ case $1 in
     pol=$(for n in hybrid-m1 hybrid-m2 hybrid-m4 hybrid-m2-s8 hybrid-m4-s8; do printf '%s@0.5,%s@0.25,' $n $n; done)
     python experiments/gpu_accuracy.py eval "${q05[@]}" --cache $M/q05-bf16 --workers 16 --deadline $end \
       --tasks multikey,multivalue,niah,passkey --policies ${pol%,} 2>&1 | grep -v Warning | tee -a $OUT/q05/log.txt ;;
+  frontier15)  # issue #16 on the 1.5B: compiled decode of zigzag@R, its hybrids and duo@R (R=0.25 by default, where
+               # the 4-layer hybrid beat the head plan: docs/results.md) and full, 8k/32k B=1, interleaved
+    mkdir -p $S/q15; [ -f $S/q15/head_scores.json ] || cp docs/results/qwen15/*.json $S/q15/
+    r=${R:-0.25}; P=$S/q15f/plans; t=$OUT/t15_$r; mkdir -p $t
+    python experiments/gpu_accuracy.py plans --state $S/q15 --out $S/q15f \
+      --policies zigzag@$r,hybrid-m2@$r,hybrid-m4@$r,duo@$r | tail -4
+    w=$M/q15-bf16; [ -f $w/config.json ] || w=$M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+    plans="zigzag@$r=$P/zigzag_$r.json,hybrid-m4@$r=$P/hybrid-m4_$r.json;duo@$r=$P/duo_$r.json,full=full"
+    plans="$plans;hybrid-m2@$r=$P/hybrid-m2_$r.json"  # groups (stages): the target pair first
+    timeout -k 15 $(( end - $(date +%s) - 30 )) python benchmarks/bench_plans.py --model $w --out $t \
+      --contexts 8192,32768 --batches 1 --plans "$plans" --reference zigzag@$r --steps 24 --rounds 6 \
+      --budget-s $(( end - $(date +%s) - 75 )) > $t/log.txt 2>&1
+    echo "bench_plans rc=$?"; grep -v '^{' $t/log.txt | grep -vi warning | tail -24 ;;
   launch)  # detached (setsid) jobs outlive this call; the machine stays held while calls keep coming
     : "${BG_END:?BG_END (seconds since the epoch) ends the background evaluation}"
     mkdir -p $S/jobs $S/code; rm -rf $S/code/*
@@ -91,6 +106,6 @@ case $1 in
       --prefill-max-tokens 262144 \
       --policies full,mixed,zigzag --dynamic true --budget-s $(( end - $(date +%s) - 60 )) --out $OUT/q15bench 2>&1 \
       | grep -vi warning | tee $OUT/q15bench_log.txt | tail -60 ;;
-  *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b|frontier05e|launch|watch|timing15" >&2
+  *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b|frontier05e|frontier15|launch|watch|timing15" >&2
      exit 2 ;;
 esac

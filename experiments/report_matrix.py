@@ -15,8 +15,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-ORDER = ["full", "zigzag@0.5", "duo@0.5", "ablation@0.5", "default@0.5", "best random@0.5", "zigzag@0.33", "duo@0.33",
-         "zigzag@0.25", "duo@0.25", "ablation@0.25", "default@0.25", "best random@0.25", "streaming"]
+# issue #14's candidates sit beside the zigzag plan they compete with; unknown names follow, sorted
+ORDER = ["full", *(f"{p}@{r}" for r in ("0.5", "0.33", "0.25") for p in (
+    "zigzag", "duo", "ablation", "default", "layergates", "gatemean", "gatemax", "best random")), "streaming"]
 
 
 def load(path: str) -> list[dict]:
@@ -115,22 +116,23 @@ def png(rows: list[dict], path: str, title: str) -> None:
     common = set(common_cells(rows))
     full = {(r["task"], r["length"]): r["accuracy"] for r in rows if r["policy"] == "full"
             and (r["task"], r["length"]) in common}
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    # marker, colour, label offset (policies at one KV share x: labels go right, above, left or below the marker)
-    right = (4, 3, "left")
-    styles = {"zigzag": ("o", "C0", right), "duo": ("s", "C1", (6, -12, "left")),
-              "ablation": ("^", "C2", (-6, -3, "right")), "default": ("D", "C4", (-6, 8, "right")),
-              "best random": ("x", "C3", (6, -10, "left")), "streaming": ("v", "C7", right), "full": ("*", "k", right)}
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    styles = {"zigzag": ("o", "C0"), "duo": ("s", "C1"), "ablation": ("^", "C2"), "default": ("D", "C4"),
+              "layergates": ("P", "C5"), "gatemean": ("h", "C8"), "gatemax": ("p", "C6"),
+              "best random": ("x", "C3"),
+              "streaming": ("v", "C7"), "full": ("*", "k")}
+    points: dict[str, list[tuple[float, float]]] = defaultdict(list)  # family -> (KV at the longest length, acc)
     for p in sorted({r["policy"] for r in rows}):
         mine = [r for r in rows if r["policy"] == p and (r["task"], r["length"]) in full]
-        if not mine:
-            continue
-        kv = sum(r["kv_fraction"] for r in mine if r["length"] == max(x["length"] for x in mine)) / max(
-            1, sum(1 for r in mine if r["length"] == max(x["length"] for x in mine)))
-        acc = sum(r["accuracy"] for r in mine) / len(mine)
-        marker, color, (x, y, ha) = styles[p.split("@")[0]]
-        ax.scatter(kv, acc, marker=marker, color=color, s=60)
-        ax.annotate(p, (kv, acc), fontsize=7, xytext=(x, y), textcoords="offset points", ha=ha)
+        if mine:
+            longest = [r["kv_fraction"] for r in mine if r["length"] == max(x["length"] for x in mine)]
+            points[p.split("@")[0]].append((sum(longest) / len(longest), sum(r["accuracy"] for r in mine) / len(mine)))
+    # one line per family across its KV budgets, in a legend: labels at shared x never overlap
+    for k, family in enumerate(sorted(points, key=lambda f: list(styles).index(f) if f in styles else 99)):
+        marker, color = styles.get(family, ("d", f"C{(k + 2) % 10}"))  # an unknown family still gets a line
+        xy = sorted(points[family])
+        ax.plot([x for x, _ in xy], [y for _, y in xy], marker=marker, color=color, ms=7, lw=1.2, label=family)
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel("KV cache vs full attention at the longest length")
     ax.set_ylabel(f"mean accuracy, {cell_names(sorted(common))}", fontsize=8)
     ax.set_title(title, fontsize=10)

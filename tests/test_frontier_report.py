@@ -61,3 +61,33 @@ def test_summary_shares_ratios_and_targets(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in acc))
     assert len(rf.read([str(path)])) == len(acc)
+    untimed, _ = rf.summary(acc, rf.timing([]), rf.DEFAULT)  # accuracy only: says so, draws the per-task panel
+    text = rf.table(untimed, common)
+    assert "decode not timed." in text and "(meets ≥ 0.97); step not timed" in text and "nan" not in text
+    rf.png(untimed, str(tmp_path / "f.png"), "toy", None)
+    assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_matrix_report_covers_every_policy(tmp_path):
+    """experiments/report_matrix.py: best random per cell with its set count, issue #14's candidates in the tables,
+    hybrids left to the frontier report, and a PNG for a policy family it has no style for (no KeyError)."""
+    import report_matrix as rm
+
+    made = (rows("full", {"a": 4, "b": 4}, 1.0) + rows("zigzag@0.5", {"a": 3, "b": 2}, 0.5)
+            + rows("layergates@0.5", {"a": 4, "b": 3}, 0.5) + rows("newidea@0.5", {"a": 2, "b": 2}, 0.5)
+            + rows("random-1@0.5", {"a": 1, "b": 0}, 0.5) + rows("random-2@0.5", {"a": 0, "b": 2}, 0.5)
+            + rows("hybrid-m2@0.5", {"a": 4, "b": 4}, 0.5))
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in made))
+    loaded = rm.load(str(path))
+    assert not any(r["policy"].startswith(("hybrid-", "random-")) for r in loaded)
+    best = {(r["task"], r["length"]): (r["correct"], r["sets"]) for r in loaded if r["policy"] == "best random@0.5"}
+    assert best[("a", 4096)] == (1, 2) and best[("b", 8192)] == (2, 2)
+    text = rm.tables(loaded)
+    assert "Random sets per cell: 2." in text
+    order = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "cells" not in line]
+    summary = order[-5:]  # the summary table: full, the zigzag family in ORDER, then unknown names sorted
+    assert summary == ["full", "zigzag@0.5", "layergates@0.5", "best random@0.5", "newidea@0.5"]
+    assert "| layergates@0.5 | 4 | 0.875 |" in text
+    rm.png(loaded, str(tmp_path / "m.png"), "toy")
+    assert (tmp_path / "m.png").stat().st_size > 1000

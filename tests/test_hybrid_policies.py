@@ -74,3 +74,21 @@ def test_prompt_store_gives_the_built_prompts(smollm2, tmp_path):
         assert [(s.input_ids.tolist(), s.labels.tolist(), s.answers, s.depths) for s in again[cell]] == \
             [(s.input_ids.tolist(), s.labels.tolist(), s.answers, s.depths) for s in samples], cell
     assert len(torch.load(store, weights_only=True)) == 2 * len(gpu_accuracy.GENRES)
+
+
+def test_gate_candidates_of_issue_14():
+    """gatemean@r ranks layers by the head gates' mean, gatemax@r by their best head: both layer-exclusive, at the
+    zigzag plan's size; on the 1.5B's recorded gates they differ (the mean hides a layer's one decisive head)."""
+    state = ROOT / "docs/results/qwen15"
+    heads = zz.Scores.load(state / "head_scores.json")
+    plans = gpu_accuracy.policies(dict(gpu_accuracy.FULL), heads.model, state)
+    best = torch.as_tensor(heads.heads).float().max(dim=1).values
+    for r in gpu_accuracy.RATIOS:
+        mean, top = plans[f"gatemean@{r}"], plans[f"gatemax@{r}"]
+        assert mean.is_layer_exclusive and top.is_layer_exclusive
+        assert len(top.retrieval_layers) == len(plans[f"zigzag@{r}"].retrieval_layers)
+        kept = sorted(best[list(top.retrieval_layers)].tolist())
+        dropped = [best[i].item() for i in range(heads.model.num_layers) if i not in top.retrieval_layers]
+        assert kept[0] >= max(dropped)  # the layers with the best heads stay full
+    assert plans["gatemax@0.25"].retrieval_layers != plans["gatemean@0.25"].retrieval_layers
+    assert "layergates@0.5" in plans  # layer_gates.json is recorded beside the head gates
