@@ -91,6 +91,11 @@ def scored_plan(tmp_path) -> Path:
      "--max-mixed"),
     (["calibrate", "m", "--out", "p.json", "--max-mixed", "1", "--kv-budget", "0.5", "--context-length", "100",
       "--method", "gates", "--granularity", "head", "--refine"], "--refine"),
+    (["calibrate", "m", "--out", "p.json", "--head-scores", "h.json"], "--head-scores"),
+    (["calibrate", "m", "--out", "p.json", "--max-mixed", "2", "--kv-budget", "0.5", "--context-length", "100",
+      "--method", "attention", "--head-scores", "h.json"], "--head-scores"),
+    (["calibrate", "m", "--out", "p.json", "--max-mixed", "2", "--kv-budget", "0.5", "--context-length", "100",
+      "--method", "gates", "--granularity", "head", "--head-scores", "h.json"], "--head-scores"),
     (["calibrate", "m", "--out", "p.json", "--latency-budget", "0.01"], "--latency-budget"),
     (["calibrate", "m", "--out", "p.json", "--latency-budget", "0"], "--latency-budget"),
     (["calibrate", "m", "--out", "p.json", "--cost", "c.json"], "--cost"),
@@ -271,6 +276,45 @@ def test_calibrate_robust(capsys, tiny_dir, tmp_path):
     code, _, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(out_path), "--method", "robust",
                        "--length", "300")
     assert code == 2 and "512" in err
+
+
+def test_calibrate_hybrid_from_a_layer_ranking(capsys, tiny_dir, tmp_path):
+    """--method robust --max-mixed M --head-scores S: the robust ranking, split among heads by S, solved as a hybrid
+    (docs/results.md: the 1.5B's 25% hybrid); the same as the library calls on the saved scores."""
+    info = zz.ModelInfo("llama", 4, 2, 8)
+    heads = tmp_path / "heads.json"
+    zz.Scores(torch.tensor([[0.2, 1.0], [1.0, 0.9], [0.1, 0.05], [0.95, 1.0]]), model=info, method="gates").save(heads)
+    out_path, scores_path = tmp_path / "plan.json", tmp_path / "robust.json"
+    argv = ["calibrate", str(tiny_dir), "--out", str(out_path), "--method", "robust", "--kv-budget", "0.5",
+            "--context-length", "2048", "--max-mixed", "2", "--head-scores", str(heads), "--length", "1024",
+            "--samples", "1", "--sink", "4", "--window", "32", "--scores-out", str(scores_path)]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    plan, robust = zz.Plan.load(out_path), zz.Scores.load(scores_path)
+    want = zz.solve_hybrid(zz.split_layer_scores(robust, zz.Scores.load(heads)), max_mixed=2, kv_budget=0.5,
+                           context_length=2048, sink=4, window=32)
+    assert plan.modes == want.modes and plan.heads == want.heads and len(plan.mixed_layers) <= 2
+    assert plan.provenance["head_scores"] == {"file": str(heads), "method": "gates"}
+    assert plan.provenance["solver"] == "hybrid-dp" and plan.provenance["method"] == "robust"
+
+
+def test_calibrate_head_scores_checked_before_the_weights_load(capsys, tiny_dir, tmp_path, no_weights):
+    argv = ["calibrate", str(tiny_dir), "--out", str(tmp_path / "p.json"), "--method", "robust", "--kv-budget", "0.5",
+            "--context-length", "2048", "--max-mixed", "2", "--head-scores"]
+    other = tmp_path / "other.json"  # another model's shape
+    zz.Scores(torch.rand(6, 2), model=zz.ModelInfo("llama", 6, 2, 8, name="toy"), method="gates").save(other)
+    code, _, err = run(capsys, *argv, str(other))
+    assert code == 2 and "6 layers x 2 KV heads, but the model has 4 x 2 (they were measured on toy)" in err
+    flat = tmp_path / "flat.json"  # per-layer scores: every head of a layer equal
+    zz.Scores(torch.ones(4, 2), model=zz.ModelInfo("llama", 4, 2, 8), method="gates").save(flat)
+    code, _, err = run(capsys, *argv, str(flat))
+    assert code == 2 and "the same value" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    code, _, err = run(capsys, *argv, str(bad))
+    assert code == 2 and "argument --head-scores:" in err and "Traceback" not in err
+    code, _, err = run(capsys, *argv, str(tmp_path / "missing.json"))
+    assert code == 2 and "argument --head-scores:" in err
 
 
 def test_calibrate_refine_kv_budget_user_text(capsys, tiny_dir, tmp_path):

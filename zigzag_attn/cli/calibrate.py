@@ -36,6 +36,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     cal.add_argument("--max-mixed", type=int_arg(0), metavar="M", help="with --kv-budget and per-head gates "
                      "(--method gates --granularity head): a hybrid plan with at most M mixed layers "
                      "(zz.solve_hybrid; 0 gives the layer-exclusive plan)")
+    cal.add_argument("--head-scores", metavar="SCORES.json", help="with --max-mixed and --method robust (or gates "
+                     "per layer): keep the profile's layer ranking and let these per-head scores decide only where a "
+                     "layer splits (zz.split_layer_scores); saved by --method gates --granularity head --scores-out. "
+                     "The 1.5B's 25%% hybrid in docs/results.md is made this way")
     cal.add_argument("--latency-budget", type=float_arg(0, 3600, "a number of seconds in (0, 3600]", open_lo=True),
                      metavar="S", help="with --max-mixed: predicted attention seconds per decode step at most S "
                      "(the measured figures shipped for this CUDA GPU, else the bytes-read model of the H200; "
@@ -88,6 +92,7 @@ def run(args, argv: list[str]) -> int:
 
     target = Model(args.model)  # the config only: check what can be checked before the weights load
     info = target.info
+    heads_by = _head_scores(args, info)
     try:
         floor = solve(Scores(torch.zeros(info.num_layers, info.num_kv_heads), model=info), **solve_kw)
     except ValueError as e:
@@ -134,9 +139,15 @@ def run(args, argv: list[str]) -> int:
         raise CLIError(f"cannot build calibration prompts: {e}") from None
     if args.scores_out:
         scores.save(args.scores_out)
+    if heads_by is not None:
+        from ..scores import split_layer_scores
+
+        scores = split_layer_scores(scores, heads_by)
     plan = solve(scores, **solve_kw)
     extra: dict[str, Any] = {"method": opts["method"], "dtype": str(dtype).removeprefix("torch."),
                              "profile": scores.meta}
+    if heads_by is not None:
+        extra["head_scores"] = {"file": str(args.head_scores), "method": heads_by.method}
     if opts["refine"]:
         say(f"refining: greedy elimination from {choosable} to {k} retrieval layers ...")
         extra["topk_loss"] = measure(model, samples, plan, batch_size=batch).loss
@@ -177,11 +188,19 @@ def _options(args) -> dict[str, Any]:
         raise UsageError("argument --cost: only used with --latency-budget")
     if args.latency_budget is not None and args.max_mixed is None:
         raise UsageError("argument --latency-budget: only used with --max-mixed")
+    if args.head_scores is not None:
+        if args.max_mixed is None:
+            raise UsageError("argument --head-scores: only used with --max-mixed")
+        if opts["method"] not in ("robust", "gates") or args.granularity == "head":
+            raise UsageError(f"argument --head-scores: splits a layer ranking, from --method robust or --method gates "
+                             f"(per layer); the method is {opts['method']}"
+                             + (" per head, which has head scores already" if args.granularity == "head" else ""))
     if args.max_mixed is not None:
         if args.kv_budget is None:
             raise UsageError("argument --max-mixed: needs --kv-budget F --context-length N")
-        if opts["method"] != "gates" or args.granularity != "head":
-            raise UsageError("argument --max-mixed: needs per-head scores: --method gates --granularity head")
+        if (opts["method"] != "gates" or args.granularity != "head") and args.head_scores is None:
+            raise UsageError("argument --max-mixed: needs per-head scores: --method gates --granularity head, or a "
+                             "layer ranking (--method robust) with --head-scores SCORES.json")
         if args.refine:
             raise UsageError("argument --refine: not used with --max-mixed (it refines layer-exclusive plans)")
         opts["refine"] = False
@@ -235,6 +254,28 @@ def _cost(args):
         cost.source = f"measured: {args.cost} (--cost)"
     say(f"latency model: {cost.source}")
     return cost
+
+
+def _head_scores(args, info):
+    """The --head-scores file, checked against MODEL's shape before its weights load (None without the flag)."""
+    from ..eval.policies import head_scores_problem
+    from ..scores import Scores
+
+    if args.head_scores is None:
+        return None
+    try:
+        scores = Scores.load(args.head_scores)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"argument --head-scores: {e}") from None
+    if (scores.num_layers, scores.num_kv_heads) != (info.num_layers, info.num_kv_heads):
+        raise UsageError(f"argument --head-scores: {args.head_scores} scores {scores.num_layers} layers x "
+                         f"{scores.num_kv_heads} KV heads, but the model has {info.num_layers} x {info.num_kv_heads}"
+                         + (f" (they were measured on {scores.model.name})" if scores.model and scores.model.name
+                            else ""))
+    problem = head_scores_problem(scores)
+    if problem or bool((scores.heads < 0).any()):
+        raise UsageError(f"argument --head-scores: {problem or 'head scores must be >= 0 (shares of a layer)'}")
+    return scores
 
 
 def _hybrid(args, cost):
