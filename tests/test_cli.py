@@ -296,6 +296,7 @@ def test_calibrate_hybrid_from_a_layer_ranking(capsys, tiny_dir, tmp_path):
     assert plan.modes == want.modes and plan.heads == want.heads and len(plan.mixed_layers) <= 2
     assert plan.provenance["head_scores"] == {"file": str(heads), "method": "gates"}
     assert plan.provenance["solver"] == "hybrid-dp" and plan.provenance["method"] == "robust"
+    assert plan.provenance["profile"]["greedy"] == robust.meta["greedy"]  # the robust profile's record, kept
 
 
 def test_calibrate_head_scores_checked_before_the_weights_load(capsys, tiny_dir, tmp_path, no_weights):
@@ -313,8 +314,9 @@ def test_calibrate_head_scores_checked_before_the_weights_load(capsys, tiny_dir,
     bad.write_text("{not json")
     code, _, err = run(capsys, *argv, str(bad))
     assert code == 2 and "argument --head-scores:" in err and "Traceback" not in err
-    code, _, err = run(capsys, *argv, str(tmp_path / "missing.json"))
-    assert code == 2 and "argument --head-scores:" in err
+    for missing in (tmp_path / "missing.json", tmp_path):  # no file; a directory
+        code, _, err = run(capsys, *argv, str(missing))
+        assert code == 2 and "argument --head-scores:" in err and "Traceback" not in err
 
 
 def test_calibrate_refine_kv_budget_user_text(capsys, tiny_dir, tmp_path):

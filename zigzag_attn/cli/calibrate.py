@@ -139,15 +139,14 @@ def run(args, argv: list[str]) -> int:
         raise CLIError(f"cannot build calibration prompts: {e}") from None
     if args.scores_out:
         scores.save(args.scores_out)
-    if heads_by is not None:
+    extra: dict[str, Any] = {"method": opts["method"], "dtype": str(dtype).removeprefix("torch."),
+                             "profile": scores.meta}
+    if heads_by is not None:  # the layer ranking decides; the head scores only where a layer splits
         from ..scores import split_layer_scores
 
         scores = split_layer_scores(scores, heads_by)
-    plan = solve(scores, **solve_kw)
-    extra: dict[str, Any] = {"method": opts["method"], "dtype": str(dtype).removeprefix("torch."),
-                             "profile": scores.meta}
-    if heads_by is not None:
         extra["head_scores"] = {"file": str(args.head_scores), "method": heads_by.method}
+    plan = solve(scores, **solve_kw)
     if opts["refine"]:
         say(f"refining: greedy elimination from {choosable} to {k} retrieval layers ...")
         extra["topk_loss"] = measure(model, samples, plan, batch_size=batch).loss
@@ -265,7 +264,7 @@ def _head_scores(args, info):
         return None
     try:
         scores = Scores.load(args.head_scores)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         raise UsageError(f"argument --head-scores: {e}") from None
     if (scores.num_layers, scores.num_kv_heads) != (info.num_layers, info.num_kv_heads):
         raise UsageError(f"argument --head-scores: {args.head_scores} scores {scores.num_layers} layers x "
