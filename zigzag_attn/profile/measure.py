@@ -46,17 +46,23 @@ def _measure(model, samples: list[Sample], batch_size: int) -> Measurement:
     for rows in _batches([len(s) for s in samples], batch_size):
         ids, labels, mask = batch([samples[i] for i in rows], device)
         keep = ids.shape[1] - int((labels != IGNORE).float().argmax(1).min()) + 1  # logits from the first answer on
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits.float()
-        target = labels[:, -keep + 1:]
-        logits = logits[:, :-1]
-        valid = target != IGNORE
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp_min(0), reduction="none")
-        total += float(nll[valid].sum())
-        count += int(valid.sum())
-        hit = (logits.argmax(-1) == target) | ~valid
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+        nll, n, answers = _score(logits, labels, keep)
+        total, count = total + nll, count + n
         for r, i in enumerate(rows):
-            right[i] = _answers_right(valid[r], hit[r])
+            right[i] = answers[r]
     return Measurement(total / max(1, count), [c for per in right for c in per])
+
+
+def _score(logits: torch.Tensor, labels: torch.Tensor, keep: int) -> tuple[float, int, list[list[bool]]]:
+    """(summed answer-token NLL, answer tokens, per row whether each answer is the argmax) from the last `keep`
+    positions' logits `[batch, keep, vocab]` and the labels `[batch, seq]`."""
+    target = labels[:, -keep + 1:]
+    logits = logits.float()[:, :-1]
+    valid = target != IGNORE
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp_min(0), reduction="none")
+    hit = (logits.argmax(-1) == target) | ~valid
+    return float(nll[valid].sum()), int(valid.sum()), [_answers_right(valid[r], hit[r]) for r in range(len(valid))]
 
 
 def _batches(lengths: list[int], batch_size: int, slack: float = 1.1) -> list[list[int]]:

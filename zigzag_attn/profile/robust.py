@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -26,6 +26,7 @@ from ..model_info import describe
 from ..plan import RETRIEVAL, STREAMING, Plan
 from ..runtime import patched
 from .measure import measure
+from .suffix import Suffix, usable
 
 SIZES = (0.5, 1 / 3, 0.25)  # retrieval-layer ratios at which validation compares the rankings
 
@@ -57,18 +58,21 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
     choosable = [i for i in range(info.num_layers) if i not in info.native_sliding]
     start = time.perf_counter()
     # greedy's first round repeats the ablation's plans: measured once
-    base, worst = _worst_rise(model, groups, batch_size, sink=sink, window=window, info=info)
+    base, worst, worst_from = _worst_rise(model, groups, batch_size, sink=sink, window=window, info=info)
 
     full = [RETRIEVAL] * info.num_layers
     ablation = torch.zeros(info.num_layers)
-    for i in tqdm(choosable, desc="ablating layers", disable=not progress):
-        ablation[i] = worst([STREAMING if j == i else m for j, m in enumerate(full)])
+    with tqdm(total=len(choosable) * len(groups), desc="ablating layers", disable=not progress) as bar:
+        worst_from(full, {i: [STREAMING if j == i else m for j, m in enumerate(full)] for i in choosable}, bar)
+    for i in choosable:
+        ablation[i] = worst([STREAMING if j == i else m for j, m in enumerate(full)])  # measured just above
 
     stop = math.floor(keep * len(choosable) + 0.5)
     modes, kept, history = list(full), list(choosable), []
     bar = tqdm(total=len(choosable) - stop, desc="greedy elimination", disable=not progress)
     while len(kept) > stop:
         pool = sorted(kept, key=lambda i: (float(ablation[i]), i))[:candidates]
+        worst_from(modes, {i: [STREAMING if j == i else m for j, m in enumerate(modes)] for i in pool})
         trials = [worst([STREAMING if j == i else m for j, m in enumerate(modes)]) for i in pool]
         best = min(range(len(pool)), key=trials.__getitem__)
         layer = pool[best]
@@ -86,7 +90,7 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
     if valid:
         scores = {"greedy": greedy, "ablation": ablation_rank}
         # the two rankings often keep the same layers at a size (and two sizes may round alike): measured once
-        _, vworst = _worst_rise(model, valid, batch_size, sink=sink, window=window, info=info)
+        _, vworst, _ = _worst_rise(model, valid, batch_size, sink=sink, window=window, info=info)
         table = {}
         sizes = [r for r in SIZES if r >= keep - 1e-9]  # where the greedy ranking was searched, and `keep`
         if not sizes or abs(sizes[-1] - keep) > 1e-9:
@@ -107,21 +111,49 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
     return chosen, meta
 
 
-def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, sink: int, window: int,
-                info) -> tuple[dict[str, float], Callable[[list[str]], float]]:
-    """Full attention's loss per group (measured here), and a function of a layer mode list: the worst group's
-    rise in loss over it, each plan measured once however often it is asked for."""
+def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, sink: int, window: int, info):
+    """Full attention's loss per group (measured here), and two functions of layer mode lists, each plan measured
+    once however often it is asked for:
+    - `worst(modes)`: the worst group's rise in loss over full attention;
+    - `worst_from(base, trials, bar=None)`: measures `trials` ({layer: modes}, each equal to `base` before its
+      layer) for later `worst` calls, running only the layers from each trial's on (`suffix.Suffix`) where the
+      kept hidden states fit in memory; `bar` (tqdm) advances once per trial and group."""
     base = group_losses(model, groups, None, batch_size)
     seen: dict[tuple[str, ...], float] = {}
+    suffix = {"checked": False, "exact": True}  # the first trial is checked against a whole forward, once
+
+    def plan(modes: list[str]) -> Plan:
+        return Plan.from_layers(modes, sink=sink, window=window, model=info)
 
     def worst(modes: list[str]) -> float:
         key = tuple(modes)
         if key not in seen:
-            losses = group_losses(model, groups, Plan.from_layers(modes, sink=sink, window=window, model=info),
-                                  batch_size)
+            losses = group_losses(model, groups, plan(modes), batch_size)
             seen[key] = max(losses[g] - base[g] for g in groups)
         return seen[key]
-    return base, worst
+
+    def worst_from(base_modes: list[str], trials: Mapping[int, list[str]], bar=None) -> None:
+        todo = {i: m for i, m in trials.items() if tuple(m) not in seen}
+        if not todo or not suffix["exact"] or not all(usable(model, s, len(todo)) for s in groups.values()):
+            for m in todo.values():  # whole forwards
+                worst(m)
+                if bar is not None:
+                    bar.update(len(groups))
+            return
+        rises: dict[int, list[float]] = {i: [] for i in todo}
+        first = None if all(m == RETRIEVAL for m in base_modes) else plan(base_modes)
+        for g, samples in groups.items():  # one group's hidden states kept at a time
+            run = Suffix(model, samples, batch_size, check=not suffix["checked"])
+            run.base(first, todo)
+            for i, m in todo.items():
+                rises[i].append(run.trial(plan(m), i).loss - base[g])
+                if bar is not None:
+                    bar.update()
+            run.release()
+            suffix.update(checked=True, exact=suffix["exact"] and run.exact)  # a fall-back holds from here on
+        for i, m in todo.items():
+            seen[tuple(m)] = max(rises[i])
+    return base, worst, worst_from
 
 
 def _rank(order: Sequence[int], rest: Sequence[int], ablation: torch.Tensor, num_layers: int) -> torch.Tensor:
