@@ -202,8 +202,15 @@ def test_refine_on_replicas_matches_serial(one_layer_matters, monkeypatch):
             return result
 
         monkeypatch.setattr(refine_module, "measure", recording)
-        results[run] = refine(start, model, data, retrieval_layers=1, progress=False,
-                              replicas=replicas if run == "parallel" else None)
+        with monkeypatch.context() as m:
+            m.setattr(refine_module, "usable", lambda *a, **k: False)  # whole forwards, each one recorded
+            results[run] = refine(start, model, data, retrieval_layers=1, progress=False,
+                                  replicas=replicas if run == "parallel" else None)
+    # by default one model runs each candidate from its layer on (profile/suffix.py): the same search
+    suffix = refine(start, model, data, retrieval_layers=1, progress=False).provenance["refine"]["history"]
+    whole = results["serial"].provenance["refine"]["history"]
+    assert [h["streaming"] for h in suffix] == [h["streaming"] for h in whole]
+    assert [h["loss"] for h in suffix] == pytest.approx([h["loss"] for h in whole], rel=1e-6)
     serial, parallel = results["serial"], results["parallel"]
     assert parallel.modes == serial.modes and parallel.retrieval_layers == [1]
     assert parallel.provenance["refine"]["history"] == serial.provenance["refine"]["history"]

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..data.passkey import Sample
 from ..plan import RETRIEVAL, STREAMING, Plan
 from .measure import measure
+from .suffix import Suffix, usable
 
 
 def refine(plan: Plan, model, samples: list[Sample], *, retrieval_layers: int, scores=None,
@@ -49,13 +50,21 @@ def refine(plan: Plan, model, samples: list[Sample], *, retrieval_layers: int, s
     rounds = len(kept) - retrieval_layers
     bar = tqdm(total=rounds, desc="refining", disable=not progress)
     run = _Runner(models, samples, batch_size)
+    reuse, checked = not replicas, False  # one model: each trial runs from its layer on (suffix.py), checked once
     try:
         for _ in range(rounds):
             pool = kept if candidates is None or scores is None else sorted(kept, key=lambda i: float(scores[i]))[
                 :candidates]
             trials = [Plan.from_layers([STREAMING if j == i else m for j, m in enumerate(modes)], sink=plan.sink,
                                        window=plan.window, model=plan.model) for i in pool]
-            losses = run(trials)
+            if reuse and usable(model, samples, len(pool)):
+                suffix = Suffix(model, samples, batch_size, check=not checked)
+                suffix.base(Plan.from_layers(modes, sink=plan.sink, window=plan.window, model=plan.model), pool)
+                losses = [suffix.trial(t, i).loss for t, i in zip(trials, pool, strict=True)]
+                suffix.release()
+                checked, reuse = True, suffix.exact  # after a disagreement (it warned): whole forwards
+            else:
+                losses = run(trials)
             best = min(range(len(pool)), key=losses.__getitem__)  # the first of equal losses, as a serial loop
             layer, loss = pool[best], losses[best]
             modes[layer] = STREAMING
