@@ -10,7 +10,7 @@
 # q15e + q15g + q05c (session of 2026-12-03, morning; the machine was lost after 9 minutes): the 1.5B's duo@r rows on
 # multi-key and multi-value with the 1,000-step gates, and docs/results/qwen/head_scores_1000steps.json with its
 # duo@0.5 multi-key rows.
-# q15e + q15g again (session of 2026-12-03, noon; run twice, the machine lost once): the 1.5B's hybrids with those
+# q15e + q15g again (session of 2026-12-03, 06:00 UTC; run twice, the machine lost once): the 1.5B's hybrids with those
 # gates, issue #14's gate candidates (docs/results/qwen15/layer_gates.json, 383 s; layergates@r and gatemean@r on
 # multi-key and multi-value), random sets 1-4 at 25%, duo@0.5 and hybrid-m2@0.5 on NIAH.
 # Ready for the next session: JOBS="q15h q15i" (gatemax@r; duo@r, the layer-gate and hybrid plans on NIAH and pass
