@@ -1,7 +1,8 @@
 """`method="attention"`: training-free layer scores by ablation.
 
 Each choosable layer in turn is made streaming alone; its score is how much that raises the answer-token loss on
-the calibration samples (`measure`). One forward per layer per batch; no gradients.
+the calibration samples (`measure`). One forward per layer per batch, each from its layer on (`suffix.Suffix`:
+the layers before it are full attention's, kept from one whole forward); no gradients.
 """
 
 from __future__ import annotations
