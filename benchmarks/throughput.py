@@ -215,7 +215,7 @@ class Point:
                         run_step(compiled)
                     sync()
                 mode, call, first_s = "compiled", lambda: run_step(compiled), time.time() - t
-            except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - any failure falls back, and says why
+            except (Exception, KeyboardInterrupt, CompileTimeout) as e:  # noqa: BLE001 - any failure falls back
                 fallback = f"{type(e).__name__}: {str(e)[:200]} after {time.time() - t:.0f} s"
                 self.bench.reset_compiled()
                 mark_filled(cache, self.n)
@@ -240,15 +240,20 @@ class Point:
         return row
 
 
+class CompileTimeout(BaseException):
+    """The compile limit was reached. Not an Exception: torch's compile paths catch those and carry on (eagerly),
+    so a timeout raised inside them would be swallowed and the step reported as compiled."""
+
+
 class time_limit:
-    """Raise TimeoutError in the main thread after `seconds` (SIGALRM; the compile runs in the main thread)."""
+    """Raise CompileTimeout in the main thread after `seconds` (SIGALRM; the compile runs in the main thread)."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
 
     def __enter__(self):
         def stop(*_):
-            raise TimeoutError(f"compile limit of {self.seconds:.0f} s reached")
+            raise CompileTimeout(f"compile limit of {self.seconds:.0f} s reached")
 
         self.old = signal.signal(signal.SIGALRM, stop)
         signal.setitimer(signal.ITIMER_REAL, self.seconds)

@@ -69,4 +69,4 @@ def test_compile_past_its_limit_falls_back_to_eager(tmp_path):
     rows = run(tmp_path, "--policies", "zigzag", "--compiled-contexts", "512", "--backend", "eager",
                "--compile-limit-s", "0.05")
     decode = rows_of(rows, "decode")["zigzag"]
-    assert decode["mode"] == "eager" and "TimeoutError" in decode["fallback"]
+    assert decode["mode"] == "eager" and "CompileTimeout" in decode["fallback"]
