@@ -40,29 +40,30 @@ def measure(model, samples: list[Sample], plan: Plan | None = None, *, batch_siz
 
 
 def _measure(model, samples: list[Sample], batch_size: int) -> Measurement:
-    device = input_device(model)  # also right for models dispatched by accelerate
+    return batched(samples, batch_size, input_device(model),  # also right for models dispatched by accelerate
+                   lambda ids, mask, keep: model(input_ids=ids, attention_mask=mask, use_cache=False,
+                                                 logits_to_keep=keep).logits)
+
+
+def batched(samples: list[Sample], batch_size: int, device, forward) -> Measurement:
+    """`measure`'s loop over the batches, with `forward(ids, mask, keep)` giving the logits `[batch, keep, vocab]`
+    of the last `keep` positions of the left-padded `ids` / `mask` `[batch, seq]` (`suffix.Suffix` runs part of
+    the model in it)."""
     total, count = 0.0, 0
     right: list[list[bool]] = [[] for _ in samples]  # per sample, put back in sample order at the end
     for rows in _batches([len(s) for s in samples], batch_size):
         ids, labels, mask = batch([samples[i] for i in rows], device)
         keep = ids.shape[1] - int((labels != IGNORE).float().argmax(1).min()) + 1  # logits from the first answer on
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
-        nll, n, answers = _score(logits, labels, keep)
-        total, count = total + nll, count + n
+        target = labels[:, -keep + 1:]
+        logits = forward(ids, mask, keep).float()[:, :-1]
+        valid = target != IGNORE
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp_min(0), reduction="none")
+        total += float(nll[valid].sum())
+        count += int(valid.sum())
+        hit = (logits.argmax(-1) == target) | ~valid
         for r, i in enumerate(rows):
-            right[i] = answers[r]
+            right[i] = _answers_right(valid[r], hit[r])
     return Measurement(total / max(1, count), [c for per in right for c in per])
-
-
-def _score(logits: torch.Tensor, labels: torch.Tensor, keep: int) -> tuple[float, int, list[list[bool]]]:
-    """(summed answer-token NLL, answer tokens, per row whether each answer is the argmax) from the last `keep`
-    positions' logits `[batch, keep, vocab]` and the labels `[batch, seq]`."""
-    target = labels[:, -keep + 1:]
-    logits = logits.float()[:, :-1]
-    valid = target != IGNORE
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp_min(0), reduction="none")
-    hit = (logits.argmax(-1) == target) | ~valid
-    return float(nll[valid].sum()), int(valid.sum()), [_answers_right(valid[r], hit[r]) for r in range(len(valid))]
 
 
 def _batches(lengths: list[int], batch_size: int, slack: float = 1.1) -> list[list[int]]:

@@ -62,18 +62,20 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
 
     full = [RETRIEVAL] * info.num_layers
     ablation = torch.zeros(info.num_layers)
+    solo = {i: [STREAMING if j == i else m for j, m in enumerate(full)] for i in choosable}
     with tqdm(total=len(choosable) * len(groups), desc="ablating layers", disable=not progress) as bar:
-        worst_from(full, {i: [STREAMING if j == i else m for j, m in enumerate(full)] for i in choosable}, bar)
+        worst_from(full, solo, bar)
     for i in choosable:
-        ablation[i] = worst([STREAMING if j == i else m for j, m in enumerate(full)])  # measured just above
+        ablation[i] = worst(solo[i])  # measured just above
 
     stop = math.floor(keep * len(choosable) + 0.5)
     modes, kept, history = list(full), list(choosable), []
     bar = tqdm(total=len(choosable) - stop, desc="greedy elimination", disable=not progress)
     while len(kept) > stop:
         pool = sorted(kept, key=lambda i: (float(ablation[i]), i))[:candidates]
-        worst_from(modes, {i: [STREAMING if j == i else m for j, m in enumerate(modes)] for i in pool})
-        trials = [worst([STREAMING if j == i else m for j, m in enumerate(modes)]) for i in pool]
+        tried = {i: [STREAMING if j == i else m for j, m in enumerate(modes)] for i in pool}
+        worst_from(modes, tried)
+        trials = [worst(tried[i]) for i in pool]
         best = min(range(len(pool)), key=trials.__getitem__)
         layer = pool[best]
         modes[layer] = STREAMING

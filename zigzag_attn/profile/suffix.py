@@ -25,11 +25,11 @@ import warnings
 
 import torch
 
-from ..data.passkey import IGNORE, Sample
+from ..data.passkey import Sample
 from ..model_info import input_device
 from ..plan import Plan
 from ..runtime import patched
-from .measure import Measurement, _batches, _score, batch
+from .measure import Measurement, batched
 
 TOLERANCE = 1e-3  # relative; the same kernels on the same inputs agree far closer than this
 
@@ -65,7 +65,7 @@ class Suffix:
         self.model, self.samples = model, samples
         self.decoder = model.get_decoder()
         self.device = input_device(model)
-        self.rows = _batches([len(s) for s in samples], batch_size)
+        self.batch_size = batch_size
         self.kept: list[dict[int, torch.Tensor]] = []  # per batch: layer -> its input hidden states
         self.checked = not check  # the first trial is compared with a whole forward (once per model is enough)
         self.exact = True
@@ -103,17 +103,7 @@ class Suffix:
         self.kept = []
 
     def _run(self, forward) -> Measurement:
-        """`measure`'s loop over the batches, with `forward(ids, mask, keep) -> logits`."""
-        total, count = 0.0, 0
-        right: list[list[bool]] = [[] for _ in self.samples]
-        for rows in self.rows:
-            ids, labels, mask = batch([self.samples[i] for i in rows], self.device)
-            keep = ids.shape[1] - int((labels != IGNORE).float().argmax(1).min()) + 1
-            nll, n, answers = _score(forward(ids, mask, keep), labels, keep)
-            total, count = total + nll, count + n
-            for r, i in enumerate(rows):
-                right[i] = answers[r]
-        return Measurement(total / max(1, count), [c for per in right for c in per])
+        return batched(self.samples, self.batch_size, self.device, forward)
 
     def _full(self, ids, mask, keep: int, layers: set[int]) -> torch.Tensor:
         kept: dict[int, torch.Tensor] = {}
