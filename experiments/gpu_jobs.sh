@@ -13,9 +13,11 @@
 # q15e + q15g again (session of 2026-12-03, 06:00 UTC; run twice, the machine lost once): the 1.5B's hybrids with those
 # gates, issue #14's gate candidates (docs/results/qwen15/layer_gates.json, 383 s; layergates@r and gatemean@r on
 # multi-key and multi-value), random sets 1-4 at 25%, duo@0.5 and hybrid-m2@0.5 on NIAH.
-# Ready for the next session: JOBS="q15h q15i" (gatemax@r; duo@r, the layer-gate and hybrid plans on NIAH and pass
-# key; random sets 4-5 at 25%).
-#   bash experiments/gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15i|q05a|q05b|q05c BG_END   # one job; evaluation chunks end before BG_END (epoch s)
+# q15h + q15j + q05c (session of 2026-12-03, 09:15 UTC): the 1.5B's duo@r and zigzag@0.33 on NIAH and pass key,
+# variable tracking and common words for full, zigzag@0.5/0.25, duo@0.5 and streaming, random sets 4-5 at 25%; the
+# 0.5B's duo@r on every task with its 1,000-step gates (docs/results/qwen/head_scores.json since then).
+# Ready for the next session: JOBS="q15h q15j q05c" again; finished rows are skipped.
+#   bash experiments/gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15j|q05a|q05b|q05c BG_END   # one job; evaluation chunks end before BG_END (epoch s)
 #   bash experiments/gpu_jobs.sh watch END              # follow the jobs until END or until they all ended;
 #                                                       # then pack $S/out into $OUT/results.tgz
 # Each job keeps its own --state (no two processes append to one file); the 0.5B jobs start from the recorded
@@ -113,10 +115,18 @@ case $job in
       "multikey,multivalue hybrid-m2@0.5,hybrid-m4@0.5,gatemean@0.5" \
       "multikey,multivalue hybrid-m2@0.25,hybrid-m2-s8@0.25,hybrid-m4@0.25,hybrid-m4-s8@0.25,gatemean@0.25" \
       "niah,passkey hybrid-m2@0.5,hybrid-m4@0.5" "niah,passkey duo@0.5,duo@0.25,duo@0.33" ;;
-  q15h)  # beside q15e: duo@r on NIAH and pass key
+  q15h)  # issue #13's NIAH / pass key rows still missing (duo@r, zigzag@0.33), random sets 4-5 at 25%, then the
+         # layer-gate and hybrid plans on NIAH and pass key, and gatemax@r
     seed q15h docs/results/qwen15
     q15s q15h
-    chunks a "niah,passkey duo@0.5,duo@0.25,duo@0.33" ;;
+    chunks a "niah,passkey duo@0.5,duo@0.25,duo@0.33,zigzag@0.33" "multikey,multivalue random-4@0.25,random-5@0.25" \
+      "niah,passkey hybrid-m4@0.25,layergates@0.5,layergates@0.25" "multikey,multivalue gatemax@0.5,gatemax@0.25" ;;
+  q15j)  # beside q15h: variable tracking and common words (issue #13's last two tasks) for the matrix's policies
+    seed q15j docs/results/qwen15
+    q15s q15j
+    chunks a "vartrack,commonwords full,zigzag@0.5,duo@0.5,streaming,zigzag@0.25,duo@0.25" \
+      "vartrack,commonwords zigzag@0.33,duo@0.33" \
+      "vartrack,commonwords random-1@0.5,random-2@0.5,random-3@0.5,random-4@0.5,random-5@0.5" ;;
   q15g)  # beside q15e: layer gates (DuoAttention's objective, one gate per layer, 1,000 steps), their plans, then
           # the random 25% sets and the 33% plan rows still missing
     seed q15g docs/results/qwen15
@@ -125,24 +135,15 @@ case $job in
     r5=random-1@0.25,random-2@0.25,random-3@0.25,random-4@0.25,random-5@0.25
     chunks a "multikey,multivalue layergates@0.5,layergates@0.25,layergates@0.33" "multikey,multivalue $r5" \
       "niah,passkey layergates@0.5,layergates@0.25,zigzag@0.33" ;;
-  q15i)  # beside q15h: layers ranked by their best head gate (gatemax@r: the mean hid the one decisive head),
-         # then the rows the 1.5B's claims still lack on NIAH and pass key, then the last random sets at 25%
-    seed q15i docs/results/qwen15
-    q15s q15i
-    chunks a "multikey,multivalue gatemax@0.5,gatemax@0.33,gatemax@0.25" \
-      "niah,passkey hybrid-m4@0.25,layergates@0.5,layergates@0.25" "multikey,multivalue random-4@0.25,random-5@0.25" ;;
-  q05c)  # the 0.5B's fair DuoAttention baseline, as q15c did for the 1.5B: 1,000-step head gates, then duo@r again
+  q05c)  # the 0.5B's rows issue #13's matrix still lacks: 33% on NIAH, pass key, variable tracking and common words;
+         # the hybrids whose plans changed with the 1,000-step gates (their 100-step rows: matrix_hybrids_100steps.jsonl);
+         # random sets at 25%. The recorded state holds the 1,000-step gates as head_scores.json since 2026-12-03.
     seed q05c docs/results/qwen
     a=("${q05[@]}" --state $S/q05c --out $S/out/q05c --cache $M/q05-bf16)
-    mv $S/q05c/head_scores.json $S/q05c/head_scores_100steps.json 2>/dev/null
-    if [ -f docs/results/qwen/head_scores_1000steps.json ]; then  # recorded by the morning of 2026-12-03
-      cp docs/results/qwen/head_scores_1000steps.json $S/q05c/head_scores.json
-    else
-      gate_run gates $S/out/q05c/gates_log_1000.txt "${a[@]}"
-    fi
-    grep -v '"policy": "duo@' $S/q05c/matrix.jsonl > $S/q05c/m && mv $S/q05c/m $S/q05c/matrix.jsonl
-    chunks a "multikey,multivalue duo@0.5,duo@0.25,duo@0.33" "niah,passkey duo@0.5,duo@0.25" \
-      "vartrack,commonwords duo@0.5,duo@0.25" ;;
+    r5=random-1@0.25,random-2@0.25,random-3@0.25,random-4@0.25,random-5@0.25
+    chunks a "niah,passkey,vartrack,commonwords duo@0.33,zigzag@0.33" \
+      "multikey,multivalue,niah,passkey hybrid-m2@0.5,hybrid-m4@0.5,hybrid-m4-s8@0.5,hybrid-m4-s8@0.25" \
+      "multikey,multivalue $r5" ;;
   q05a)  # prompts for everyone, then the 0.5B rows still missing on the tasks that separate policies (common
          # words and variable tracking are at the 0.5B's floor: docs/results.md)
     seed q05a docs/results/qwen
@@ -171,6 +172,6 @@ case $job in
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
     pack && ls -la $OUT/results.tgz
     for j in $jobs; do echo "== $j"; grep -v "it/s\]" $S/jobs/$j.log | tail -8 | cut -c1-200; done ;;
-  *) echo "usage: gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15i|q05a|q05b|q05c BG_END | watch END" >&2; exit 2 ;;
+  *) echo "usage: gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15j|q05a|q05b|q05c BG_END | watch END" >&2; exit 2 ;;
 esac
 log "ended"

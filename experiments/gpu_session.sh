@@ -77,14 +77,18 @@ case $1 in
     python experiments/gpu_accuracy.py eval "${q05[@]}" --cache $M/q05-bf16 --workers 16 --deadline $end \
       --tasks multikey,multivalue,niah,passkey --policies ${pol%,} 2>&1 | grep -v Warning | tee -a $OUT/q05/log.txt ;;
   frontier15)  # issue #16 on the 1.5B: compiled decode of zigzag@R, its hybrids and duo@R (R=0.25 by default, where
-               # the 4-layer hybrid beat the head plan: docs/results.md) and full, 8k/32k B=1, interleaved
+               # the 4-layer hybrid beat the head plan: docs/results.md) and full, 8k/32k B=1, interleaved; a last
+               # stage adds zigzag@0.5, hybrid-m2@0.5 and duo@0.5 where the budget leaves room
+    pkill -f "[g]pu_jobs.sh q"; pkill -f "[g]pu_accuracy.py"; sleep 3  # alone on the GPU
     mkdir -p $S/q15; [ -f $S/q15/head_scores.json ] || cp docs/results/qwen15/*.json $S/q15/
     r=${R:-0.25}; P=$S/q15f/plans; t=$OUT/t15_$r; mkdir -p $t
     python experiments/gpu_accuracy.py plans --state $S/q15 --out $S/q15f \
-      --policies zigzag@$r,hybrid-m2@$r,hybrid-m4@$r,duo@$r | tail -4
-    w=$M/q15-bf16; [ -f $w/config.json ] || w=$M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+      --policies zigzag@$r,hybrid-m2@$r,hybrid-m4@$r,duo@$r,zigzag@0.5,hybrid-m2@0.5,duo@0.5 | tail -4
+    w=$M/q15-bf16; [ -f $w/config.json ] || w=$(ls -d $M/q15*-bf16 2>/dev/null | head -1)
+    [ -f "$w/config.json" ] || w=$M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf  # the jobs' bf16 copies load faster
     plans="zigzag@$r=$P/zigzag_$r.json,hybrid-m4@$r=$P/hybrid-m4_$r.json;duo@$r=$P/duo_$r.json,full=full"
     plans="$plans;hybrid-m2@$r=$P/hybrid-m2_$r.json"  # groups (stages): the target pair first
+    [ $r = 0.5 ] || plans="$plans;zigzag@0.5=$P/zigzag_0.5.json,hybrid-m2@0.5=$P/hybrid-m2_0.5.json,duo@0.5=$P/duo_0.5.json"
     timeout -k 15 $(( end - $(date +%s) - 30 )) python benchmarks/bench_plans.py --model $w --out $t \
       --contexts 8192,32768 --batches 1 --plans "$plans" --reference zigzag@$r --steps 24 --rounds 6 \
       --budget-s $(( end - $(date +%s) - 75 )) > $t/log.txt 2>&1
