@@ -3,6 +3,7 @@ m = 0 is zigzag@r, identical plans are found; gpu_accuracy.py's `plans` step wri
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -92,3 +93,16 @@ def test_gate_candidates_of_issue_14():
         assert kept[0] >= max(dropped)  # the layers with the best heads stay full
     assert plans["gatemax@0.25"].retrieval_layers != plans["gatemean@0.25"].retrieval_layers
     assert "layergates@0.5" in plans  # layer_gates.json is recorded beside the head gates
+
+
+def test_gpu_job_scripts_name_known_policies_and_tasks():
+    # a misspelt policy or task in a background job would cost a device lease's chunk: caught here instead
+    names = {n for ns, _ in gpu_accuracy.PRIORITY for n in ns}
+    for script in ("gpu_jobs.sh", "gpu_session.sh"):
+        text = (ROOT / "experiments" / script).read_text()
+        used = set(re.findall(r"(?<![%\w@-])([a-z][a-z0-9-]*@\d(?:\.\d+)?)\b", text))
+        assert used and used <= names, (script, sorted(used - names))
+        tasks = {t for group in re.findall(r'"([a-z]+(?:,[a-z]+)*) (?:\$|[a-z0-9-]+@)', text) for t in group.split(",")}
+        assert tasks <= set(gpu_accuracy.TASKS), (script, sorted(tasks - set(gpu_accuracy.TASKS)))
+    chunks = re.findall(r'"([a-z]+(?:,[a-z]+)*) (?:\$|[a-z0-9-]+@)', (ROOT / "experiments" / "gpu_jobs.sh").read_text())
+    assert len(chunks) >= 10  # the pattern still finds the jobs' chunks
