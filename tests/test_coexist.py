@@ -14,7 +14,7 @@ from test_matrix import TOL, ids, max_err, run_chunks
 import zigzag_attn as zz
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench import policy_models  # noqa: E402
+from bench_models import policy_models  # noqa: E402
 
 
 @torch.no_grad()
