@@ -58,6 +58,13 @@ def test_summary_shares_ratios_and_targets(tmp_path):
     text = rf.table(items, common)
     assert "| hybrid-m2@0.5 | 0.500 | 0.750 | 1.000 | 1.000 | 10.200 | 1.020 |" in text
     assert "- hybrid-m2@0.5: worst share of duo 1.000 (meets ≥ 0.97); slowest step ÷ zigzag 1.020 (meets" in text
+    # a later stage re-times the point: the last ratio is shown with the range, and the target takes the worst
+    staged = timing + [{"part": "ratio", "policy": "hybrid-m2@0.5", "n": 8192, "batch": 1, "median": 1.01,
+                        "vs": "zigzag@0.5", "stage": 2}]
+    text2 = rf.table(*rf.summary(acc, rf.timing(staged), rf.DEFAULT))
+    assert "| 10.200 | 1.010 (1.010–1.020) |" in text2 and "slowest step ÷ zigzag 1.020" in text2
+    staged[-1]["median"] = 1.05
+    assert "slowest step ÷ zigzag 1.050 (misses ≤ 1.03)" in rf.table(*rf.summary(acc, rf.timing(staged), rf.DEFAULT))
     path = tmp_path / "m.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in acc))
     assert len(rf.read([str(path)])) == len(acc)
