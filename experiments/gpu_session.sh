@@ -31,6 +31,10 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 q05=(--model $M/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-0.5b --state $S/q05 --out $OUT/q05)
 q15=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15 --out $OUT/q15)
 mkdir -p $OUT/q05 $OUT/q15
+q15w() {  # the 1.5B's weights: a bf16 copy (q15-bf16, else an evaluation job's), which loads faster than the GGUF
+  local w; w=$(ls $M/q15*-bf16/config.json 2>/dev/null | head -1)
+  [ -n "$w" ] && dirname $w || echo $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+}
 case $1 in
   q05)
     python experiments/gpu_accuracy.py calibrate "${q05[@]}" 2>&1 | grep -v Warning | tee -a $OUT/q05/log.txt
@@ -84,8 +88,7 @@ case $1 in
     r=${R:-0.25}; P=$S/q15f/plans; t=$OUT/t15_$r; mkdir -p $t
     python experiments/gpu_accuracy.py plans --state $S/q15 --out $S/q15f \
       --policies zigzag@$r,hybrid-m2@$r,hybrid-m4@$r,duo@$r,zigzag@0.5,hybrid-m2@0.5,duo@0.5 | tail -4
-    w=$M/q15-bf16; [ -f $w/config.json ] || w=$(ls -d $M/q15*-bf16 2>/dev/null | head -1)
-    [ -f "$w/config.json" ] || w=$M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf  # the jobs' bf16 copies load faster
+    w=$(q15w)
     plans="zigzag@$r=$P/zigzag_$r.json,hybrid-m4@$r=$P/hybrid-m4_$r.json;duo@$r=$P/duo_$r.json,full=full"
     plans="$plans;hybrid-m2@$r=$P/hybrid-m2_$r.json"  # groups (stages): the target pair first
     [ $r = 0.5 ] || plans="$plans;zigzag@0.5=$P/zigzag_0.5.json,hybrid-m2@0.5=$P/hybrid-m2_0.5.json,duo@0.5=$P/duo_0.5.json"
@@ -104,7 +107,7 @@ case $1 in
   watch) bash experiments/gpu_jobs.sh watch "$end" ;;
   timing15)  # alone on the GPU: stop whatever job is left first
     pkill -f "[g]pu_jobs.sh q"; pkill -f "[g]pu_accuracy.py"; sleep 3
-    p=$S/q15/qwen2.5-coder-1.5b_0.5.json; w=$M/q15-bf16; [ -f $w/config.json ] || w=$M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+    p=$S/q15/qwen2.5-coder-1.5b_0.5.json; w=$(q15w)
     timeout -k 15 $(( end - $(date +%s) - 25 )) python benchmarks/bench.py --model $w --zigzag-plan $p \
       --parts ${PARTS:-prefill,eager,compiled} --contexts ${CONTEXTS:-8192,32768} --batches ${BATCHES:-1,8} \
       --prefill-max-tokens 262144 \

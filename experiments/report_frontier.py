@@ -40,16 +40,17 @@ def ratio_of(policy: str) -> str | None:
 
 
 def timing(rows: list[dict]) -> dict:
-    """{"ms": {(policy, n): ms}, "vs": {(policy, n): (ratio, reference)}, "bytes": {(policy, n): KV bytes at B=1},
-    "vs_all": {(policy, n): every stage's ratio}} at batch BATCH; context keys are ints. A later row (stage) for a
-    point replaces an earlier one in "ms" and "vs"; "vs_all" keeps them all, so a table can show how they spread."""
-    out: dict[str, dict] = {"ms": {}, "vs": {}, "bytes": {}, "vs_all": defaultdict(list)}
+    """{"ms": {(policy, n): ms}, "vs": {(policy, n): ([every stage's ratio, in order], reference)},
+    "bytes": {(policy, n): KV bytes at B=1}} at batch BATCH; context keys are ints. A later row (stage) for a point
+    replaces an earlier one in "ms"; "vs" keeps every stage's ratio, the last one current, so a table can show how
+    they spread."""
+    out: dict[str, dict] = {"ms": {}, "vs": {}, "bytes": {}}
     for r in rows:
         if r["part"] == "compiled" and "ms" in r and r["batch"] == BATCH:
             out["ms"][r["policy"], r["n"]] = r["ms"]
         elif r["part"] == "ratio" and r["batch"] == BATCH:
-            out["vs"][r["policy"], r["n"]] = (r["median"], r["vs"])
-            out["vs_all"][r["policy"], r["n"]].append(r["median"])
+            ratios, _ = out["vs"].get((r["policy"], r["n"]), ([], None))
+            out["vs"][r["policy"], r["n"]] = ([*ratios, r["median"]], r["vs"])
         elif r["part"] == "plan":
             out["bytes"].update({(r["policy"], int(n)): b for n, b in r["kv_bytes_b1"].items()})
     return out
@@ -80,7 +81,6 @@ def summary(acc_rows: list[dict], t: dict, policies: list[str]) -> tuple[list[di
                     "mean_accuracy": sum(by[(p, *c)]["accuracy"] for c in common) / len(common), "task_acc": acc,
                     "share_of_duo": share, "ms": {n: t["ms"].get((p, n), t["ms"].get((twin, n))) for n in contexts},
                     "vs": {n: t["vs"].get((p, n), t["vs"].get((twin, n))) for n in contexts},
-                    "vs_all": {n: t["vs_all"].get((p, n)) or t["vs_all"].get((twin, n)) or [] for n in contexts},
                     "kv_bytes": t["bytes"].get((p, longest))})
     return out, common
 
@@ -94,12 +94,11 @@ def table(items: list[dict], common: list[tuple[str, int]]) -> str:
     lines = [f"Accuracy over {len(common)} common cells ({cell_names(common)}); {timed}", "",
              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for it in items:
-        vs = [it["vs"][n] for n in contexts]
         cells = ([it["policy"] + (f" (= {it['same_as']})" if it["same_as"] else ""), f"{it['kv_fraction']:.3f}",
                   f"{it['mean_accuracy']:.3f}"] + [_f(it["share_of_duo"].get(t), 3) for t in tasks]
                  + [_f(it["ms"][n], 3) for n in contexts]
-                 + ["–" if v is None or not v[1].startswith("zigzag") else f"{v[0]:.3f}" + _spread(it["vs_all"][n])
-                    for n, v in zip(contexts, vs, strict=True)])
+                 + ["–" if v is None or not v[1].startswith("zigzag") else f"{v[0][-1]:.3f}" + _spread(v[0])
+                    for v in (it["vs"][n] for n in contexts)])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", *targets(items)])
 
@@ -112,7 +111,7 @@ def targets(items: list[dict]) -> list[str]:
         if not m or int(m.group(1)) > 2:
             continue
         shares = list(it["share_of_duo"].values())
-        speed = [max(it["vs_all"].get(n) or [v[0]]) for n, v in it["vs"].items() if v is not None]  # every stage
+        speed = [max(v[0]) for v in it["vs"].values() if v is not None]  # the slowest stage
         acc_ok = bool(shares) and min(shares) >= 0.97
         time_ok = bool(speed) and max(speed) <= 1.03
         step = (f"slowest step ÷ zigzag {max(speed):.3f} ({'meets' if time_ok else 'misses'} ≤ 1.03)" if speed

@@ -98,11 +98,13 @@ def test_gate_candidates_of_issue_14():
 def test_gpu_job_scripts_name_known_policies_and_tasks():
     # a misspelt policy or task in a background job would cost a device lease's chunk: caught here instead
     names = {n for ns, _ in gpu_accuracy.PRIORITY for n in ns}
+    chunk = re.compile(r'"([a-z]+(?:,[a-z]+)*) (?:\$|[a-z0-9-]+@)')  # "TASKS POLICIES" of a job's chunk
+    found = {}
     for script in ("gpu_jobs.sh", "gpu_session.sh"):
         text = (ROOT / "experiments" / script).read_text()
         used = set(re.findall(r"(?<![%\w@-])([a-z][a-z0-9-]*@\d(?:\.\d+)?)\b", text))
         assert used and used <= names, (script, sorted(used - names))
-        tasks = {t for group in re.findall(r'"([a-z]+(?:,[a-z]+)*) (?:\$|[a-z0-9-]+@)', text) for t in group.split(",")}
+        found[script] = chunk.findall(text)
+        tasks = {t for group in found[script] for t in group.split(",")}
         assert tasks <= set(gpu_accuracy.TASKS), (script, sorted(tasks - set(gpu_accuracy.TASKS)))
-    chunks = re.findall(r'"([a-z]+(?:,[a-z]+)*) (?:\$|[a-z0-9-]+@)', (ROOT / "experiments" / "gpu_jobs.sh").read_text())
-    assert len(chunks) >= 10  # the pattern still finds the jobs' chunks
+    assert len(found["gpu_jobs.sh"]) >= 10  # the pattern still finds the jobs' chunks
