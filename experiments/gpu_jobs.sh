@@ -16,8 +16,8 @@
 # q15h + q15j + q05c (session of 2026-12-03, 09:15 UTC): the 1.5B's duo@r and zigzag@0.33 on NIAH and pass key,
 # variable tracking and common words for full, zigzag@0.5/0.25, duo@0.5 and streaming, random sets 4-5 at 25%; the
 # 0.5B's duo@r on every task with its 1,000-step gates (docs/results/qwen/head_scores.json since then).
-# Ready for the next session: JOBS="q15h q15j q05c" again; finished rows are skipped.
-#   bash experiments/gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15j|q05a|q05b|q05c BG_END   # one job; evaluation chunks end before BG_END (epoch s)
+# Ready for the next session: JOBS="q15k q15l q05d" (the core cells first); finished rows are skipped.
+#   bash experiments/gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15j|q15k|q15l|q05a|q05b|q05c|q05d BG_END   # one job; evaluation chunks end before BG_END (epoch s)
 #   bash experiments/gpu_jobs.sh watch END              # follow the jobs until END or until they all ended;
 #                                                       # then pack $S/out into $OUT/results.tgz
 # Each job keeps its own --state (no two processes append to one file); the 0.5B jobs start from the recorded
@@ -135,6 +135,27 @@ case $job in
     r5=random-1@0.25,random-2@0.25,random-3@0.25,random-4@0.25,random-5@0.25
     chunks a "multikey,multivalue layergates@0.5,layergates@0.25,layergates@0.33" "multikey,multivalue $r5" \
       "niah,passkey layergates@0.5,layergates@0.25,zigzag@0.33" ;;
+  q15k)  # the core cells issue #13's matrix still lacks, then issue #16's: variable tracking for duo@0.25 and the
+         # 33% plans; NIAH / pass key for the 25% hybrids (the frontier's "every task"), random sets 1-3 at 25%,
+         # layer gates. Common words is left: full scores 0.00-0.01 there on both models (docs/results.md)
+    seed q15k docs/results/qwen15
+    q15s q15k
+    chunks a "vartrack duo@0.25,zigzag@0.33,duo@0.33" "niah,passkey hybrid-m2@0.25,hybrid-m4@0.25" \
+      "niah,passkey random-1@0.25,random-2@0.25,random-3@0.25" "niah,passkey layergates@0.5,layergates@0.25" ;;
+  q15l)  # beside q15k: random set 5's multi-value and sets 4-5 on NIAH / pass key at 25%, the random sets'
+         # variable tracking at 50%, then gatemax@r
+    seed q15l docs/results/qwen15
+    q15s q15l
+    chunks a "multivalue random-5@0.25" "niah,passkey random-4@0.25,random-5@0.25" \
+      "vartrack random-1@0.5,random-2@0.5,random-3@0.5,random-4@0.5,random-5@0.5" \
+      "multikey,multivalue gatemax@0.5,gatemax@0.25" ;;
+  q05d)  # the 0.5B's core cells still missing: the 33% plans on NIAH, pass key and variable tracking, random sets
+         # at 25%, then the hybrids whose plans changed with the 1,000-step gates
+    seed q05d docs/results/qwen
+    a=("${q05[@]}" --state $S/q05d --out $S/out/q05d --cache $M/q05-bf16)
+    r5=random-1@0.25,random-2@0.25,random-3@0.25,random-4@0.25,random-5@0.25
+    chunks a "niah,passkey,vartrack zigzag@0.33,duo@0.33" "multikey,multivalue $r5" "niah,passkey $r5" \
+      "multikey,multivalue,niah,passkey hybrid-m2@0.5,hybrid-m4@0.5,hybrid-m4-s8@0.5,hybrid-m4-s8@0.25" ;;
   q05c)  # the 0.5B's rows issue #13's matrix still lacks: 33% on NIAH, pass key, variable tracking and common words;
          # the hybrids whose plans changed with the 1,000-step gates (their 100-step rows: matrix_hybrids_100steps.jsonl);
          # random sets at 25%. The recorded state holds the 1,000-step gates as head_scores.json since 2026-12-03.
@@ -172,6 +193,6 @@ case $job in
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
     pack && ls -la $OUT/results.tgz
     for j in $jobs; do echo "== $j"; grep -v "it/s\]" $S/jobs/$j.log | tail -8 | cut -c1-200; done ;;
-  *) echo "usage: gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15j|q05a|q05b|q05c BG_END | watch END" >&2; exit 2 ;;
+  *) echo "usage: gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15j|q15k|q15l|q05a|q05b|q05c|q05d BG_END | watch END" >&2; exit 2 ;;
 esac
 log "ended"

@@ -22,6 +22,7 @@
 #   bash experiments/gpu_session.sh watch    # later calls: follow the jobs until the call's budget, collect
 #   bash experiments/gpu_session.sh timing15 # after the jobs: 1.5B prefill / eager / compiled decode (bench.py);
 #                                            # PARTS=compiled CONTEXTS=32768,8192 BATCHES=1: the compiled part alone
+#   bash experiments/gpu_session.sh throughput15 # issue #17 on the real 1.5B: throughput.py at the memory limit
 # State (plans, scores, finished rows) stays under /root/zz-state while the machine is held; results go to $OUT.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -107,12 +108,19 @@ case $1 in
   watch) bash experiments/gpu_jobs.sh watch "$end" ;;
   timing15)  # alone on the GPU: stop whatever job is left first
     pkill -f "[g]pu_jobs.sh q"; pkill -f "[g]pu_accuracy.py"; sleep 3
-    p=$S/q15/qwen2.5-coder-1.5b_0.5.json; w=$(q15w)
+    p=$S/q15/qwen2.5-coder-1.5b_0.5.json; [ -f $p ] || p=qwen2.5-coder-1.5b@0.5; w=$(q15w)  # else the shipped plan
     timeout -k 15 $(( end - $(date +%s) - 25 )) python benchmarks/bench.py --model $w --zigzag-plan $p \
       --parts ${PARTS:-prefill,eager,compiled} --contexts ${CONTEXTS:-8192,32768} --batches ${BATCHES:-1,8} \
       --prefill-max-tokens 262144 \
       --policies full,mixed,zigzag --dynamic true --budget-s $(( end - $(date +%s) - 60 )) --out $OUT/q15bench 2>&1 \
       | grep -vi warning | tee $OUT/q15bench_log.txt | tail -60 ;;
-  *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b|frontier05e|frontier15|launch|watch|timing15" >&2
+  throughput15)  # issue #17 on the real 1.5B, alone: the largest batch, decode tokens/s and prefill at 32k and 8k
+    pkill -f "[g]pu_jobs.sh q"; pkill -f "[g]pu_accuracy.py"; sleep 3
+    timeout -k 15 $(( end - $(date +%s) - 25 )) python benchmarks/throughput.py --model $(q15w) \
+      --zigzag-plan qwen2.5-coder-1.5b@0.5 --contexts 32768,8192 --compiled-contexts 32768 --policies zigzag,mixed,full \
+      --budget-s $(( end - $(date +%s) - 70 )) --compile-limit-s 170 --compile-min-s 45 --out $OUT/tp15 \
+      > $OUT/tp15_log.txt 2>&1; echo "throughput rc=$?"
+    python benchmarks/throughput.py --report $OUT/tp15/throughput.jsonl --png $OUT/tp15/throughput.png ;;
+  *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b|frontier05e|frontier15|launch|watch|timing15|throughput15" >&2
      exit 2 ;;
 esac

@@ -18,6 +18,7 @@ from pathlib import Path
 # issue #14's candidates sit beside the zigzag plan they compete with; unknown names follow, sorted
 ORDER = ["full", *(f"{p}@{r}" for r in ("0.5", "0.33", "0.25") for p in (
     "zigzag", "duo", "ablation", "default", "layergates", "gatemean", "gatemax", "best random")), "streaming"]
+CORE = ("full", "zigzag", "duo", "best random", "streaming")
 
 
 def load(path: str) -> list[dict]:
@@ -60,12 +61,22 @@ def tables(rows: list[dict]) -> str:
                 out.append(f"| {p} | " + " | ".join("—" if v is None else f"{v['accuracy']:.2f}" for v in vals) + " |")
         out.append("")
     common = common_cells(rows)
-    out += [f"**Summary** over the {len(common)} cells every policy ran ({cell_names(common)}); share of full = "
-            "accuracy / full's, per cell", "",
-            "| policy | cells | mean accuracy | mean share of full | worst share of full (cell) | KV at 32k |",
-            "|---|---|---|---|---|---|"]
+    out += summary(by, policies, common, "every policy ran")
+    core = [p for p in policies if p.split("@")[0] in CORE]  # issue #13's matrix: more cells than every candidate ran
+    wide = common_cells([r for r in rows if r["policy"] in core])
+    if len(wide) > len(common):
+        out += [""] + summary(by, core, wide, "the matrix's policies (full, zigzag, duo, random, streaming) ran")
+    return "\n".join(out + [""] + identical(by, common, policies))
+
+
+def summary(by: dict[tuple, dict], policies: list[str], cells: list[tuple[str, int]], which: str) -> list[str]:
+    """Mean accuracy, mean and worst share of full over `cells` for each policy. by: (policy, task, length) -> row."""
+    out = [f"**Summary** over the {len(cells)} cells {which} ({cell_names(cells)}); share of full = "
+           "accuracy / full's, per cell", "",
+           "| policy | cells | mean accuracy | mean share of full | worst share of full (cell) | KV at 32k |",
+           "|---|---|---|---|---|---|"]
     for p in policies:
-        got = [(c, by[(p, *c)]) for c in common if ("full", *c) in by]
+        got = [(c, by[(p, *c)]) for c in cells if ("full", *c) in by and (p, *c) in by]
         if not got:
             continue
         shares = [(r["accuracy"] / by[("full", *c)]["accuracy"] if by[("full", *c)]["accuracy"] else float("nan"), c)
@@ -76,7 +87,7 @@ def tables(rows: list[dict]) -> str:
         out.append(f"| {p} | {len(got)} | {sum(r['accuracy'] for _, r in got) / len(got):.3f} | "
                    f"{sum(s for s, _ in valid) / max(1, len(valid)):.3f} | {worst[0]:.2f} ({worst[1][0]} "
                    f"{worst[1][1] // 1024}k) | {kv:.3f} |")
-    return "\n".join(out + [""] + identical(by, common, policies))
+    return out
 
 
 def identical(by: dict[tuple, dict], common: list[tuple[str, int]], policies: list[str]) -> list[str]:

@@ -98,3 +98,21 @@ def test_matrix_report_covers_every_policy(tmp_path):
     assert "| layergates@0.5 | 4 | 0.875 |" in text
     rm.png(loaded, str(tmp_path / "m.png"), "toy")
     assert (tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_matrix_report_adds_a_wider_summary_for_the_matrix_policies(tmp_path):
+    """A candidate that ran fewer tasks narrows the first summary; the matrix's own policies (full, zigzag, duo,
+    random, streaming) then get a second summary over every cell they all ran, and only they appear in it."""
+    import report_matrix as rm
+
+    made = (rows("full", {"a": 4, "b": 4}, 1.0) + rows("zigzag@0.5", {"a": 3, "b": 1}, 0.5)
+            + rows("duo@0.5", {"a": 2, "b": 4}, 0.5) + rows("layergates@0.5", {"a": 4}, 0.5))
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in made))
+    text = rm.tables(rm.load(str(path)))
+    first, _, second = text.partition("**Summary** over the 4 cells the matrix's policies")
+    assert "**Summary** over the 2 cells every policy ran (a x 4k/8k)" in first and second
+    assert "| zigzag@0.5 | 2 | 0.750 |" in first and "| zigzag@0.5 | 4 | 0.500 |" in second
+    assert "| duo@0.5 | 4 | 0.750 |" in second and "| layergates" not in second
+    path.write_text("".join(json.dumps(r) + "\n" for r in made if r["task"] == "a"))  # every policy ran every cell
+    assert text.count("**Summary**") == 2 and rm.tables(rm.load(str(path))).count("**Summary**") == 1
