@@ -16,7 +16,10 @@
 # q15h + q15j + q05c (session of 2026-12-03, 09:15 UTC): the 1.5B's duo@r and zigzag@0.33 on NIAH and pass key,
 # variable tracking and common words for full, zigzag@0.5/0.25, duo@0.5 and streaming, random sets 4-5 at 25%; the
 # 0.5B's duo@r on every task with its 1,000-step gates (docs/results/qwen/head_scores.json since then).
-# Ready for the next session: JOBS="q15k q15l q05d" (the core cells first); finished rows are skipped.
+# q15k + q15l + q05d (session of 2026-12-04, 16:37 UTC): the matrix's core cells (eval_log_8_*.txt): the 1.5B's
+# variable tracking for duo@0.25 and the 33% plans, the 25% hybrids and random sets on NIAH / pass key, random sets
+# at 50% on variable tracking; the 0.5B's 33% rows on NIAH / pass key / variable tracking and random sets at 25%.
+# Ready for the next session: JOBS="q15k q15l q05d" again (each goes on where it stopped); finished rows are skipped.
 #   bash experiments/gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15j|q15k|q15l|q05a|q05b|q05c|q05d BG_END   # one job; evaluation chunks end before BG_END (epoch s)
 #   bash experiments/gpu_jobs.sh watch END              # follow the jobs until END or until they all ended;
 #                                                       # then pack $S/out into $OUT/results.tgz

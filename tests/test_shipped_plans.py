@@ -22,7 +22,7 @@ def test_every_model_alias_ratio_is_shipped():
     assert want <= set(NAMES), sorted(want - set(NAMES))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if "-m" not in n.split("@")[1]])
 def test_shipped_plan_fits_its_model_and_ratio(name):
     alias, ratio = name.split("@")
     plan = zz.Plan.load(name)
@@ -37,3 +37,18 @@ def test_shipped_plan_fits_its_model_and_ratio(name):
     assert kept == math.floor(float(ratio) * len(choosable) + 0.5)
     assert plan.heads is None  # layer-exclusive
     assert {"command", "method", "device"} <= set(plan.provenance)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "-m" in n.split("@")[1]])
+def test_shipped_hybrid_keeps_its_layer_plans_kv_with_at_most_m_mixed_layers(name):
+    """"ALIAS@RATIO-mM": a hybrid with at most M mixed layers and exactly the KV of the shipped ALIAS@RATIO plan
+    at every length (the same number of retrieval KV heads), recording what it was evaluated as."""
+    base, m = name.rsplit("-m", 1)
+    plan, layers = zz.Plan.load(name), zz.Plan.load(base)
+    assert plan.model is not None and plan.model.name == base.split("@")[0]
+    assert plan.heads is not None and 0 < len(plan.mixed_layers) <= int(m)
+    assert sum(map(sum, plan.head_mask(plan.model.num_kv_heads))) == sum(
+        map(sum, layers.head_mask(layers.model.num_kv_heads)))
+    for n in (4096, 32768, 131072):
+        assert plan.kv_fraction(n) == layers.kv_fraction(n)
+    assert {"command", "method", "device", "evaluation"} <= set(plan.provenance)

@@ -78,8 +78,7 @@ def test_a_forward_that_does_more_between_layers_falls_back(monkeypatch):
     run = Suffix(model, data)
     run.base(None, [1, 2, 3])
     original = run._from
-    monkeypatch.setattr(run, "_from", lambda start, kept, mask, keep: original(start, {start: kept[start] * 1.5},
-                                                                              mask, keep))
+    monkeypatch.setattr(run, "_from", lambda start, x, mask, keep: original(start, x * 1.5, mask, keep))
     with pytest.warns(UserWarning, match="measuring whole forwards"):
         first = run.trial(modes_plan(model, {1}), 1)
     assert first == measure(model, data, modes_plan(model, {1}))

@@ -26,6 +26,7 @@ from ..model_info import describe
 from ..plan import RETRIEVAL, STREAMING, Plan
 from ..runtime import patched
 from .measure import measure
+from .prefix_cache import PrefixCache
 from .suffix import Suffix, usable
 
 SIZES = (0.5, 1 / 3, 0.25)  # retrieval-layer ratios at which validation compares the rankings
@@ -72,9 +73,11 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
     modes, kept, history = list(full), list(choosable), []
     bar = tqdm(total=len(choosable) - stop, desc="greedy elimination", disable=not progress)
     while len(kept) > stop:
-        pool = sorted(kept, key=lambda i: (float(ablation[i]), i))[:candidates]
+        order = sorted(kept, key=lambda i: (float(ablation[i]), i))
+        pool = order[:candidates]
         tried = {i: [STREAMING if j == i else m for j, m in enumerate(modes)] for i in pool}
-        worst_from(modes, tried)
+        # the trials hold their inputs at the next round's candidates (whichever is chosen), so no base reruns
+        worst_from(modes, tried, hold=order[:candidates + 2] if candidates else ())
         trials = [worst(tried[i]) for i in pool]
         best = min(range(len(pool)), key=trials.__getitem__)
         layer = pool[best]
@@ -117,11 +120,14 @@ def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, s
     """Full attention's loss per group (measured here), and two functions of layer mode lists, each plan measured
     once however often it is asked for:
     - `worst(modes)`: the worst group's rise in loss over full attention;
-    - `worst_from(base, trials, bar=None)`: measures `trials` ({layer: modes}, each equal to `base` before its
-      layer) for later `worst` calls, running only the layers from each trial's on (`suffix.Suffix`) where the
-      kept hidden states fit in memory; `bar` (tqdm) advances once per trial and group."""
+    - `worst_from(base, trials, bar=None, hold=())`: measures `trials` ({layer: modes}, each equal to `base`
+      before its layer) for later `worst` calls, running only the layers after the deepest held input
+      (`prefix_cache.PrefixCache`, kept across calls; each trial holds its inputs at the layers of `hold` after
+      its own) where every group's held inputs fit in memory, else from each trial's layer on (`suffix.Suffix`,
+      one group at a time), else whole forwards; `bar` (tqdm) advances once per trial and group."""
     base = group_losses(model, groups, None, batch_size)
     seen: dict[tuple[str, ...], float] = {}
+    caches: dict[str, PrefixCache] = {}  # per group, where all groups' held inputs fit (else `Suffix`, one group)
     suffix = {"checked": False, "exact": True}  # the first trial is checked against a whole forward, once
 
     def plan(modes: list[str]) -> Plan:
@@ -134,15 +140,33 @@ def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, s
             seen[key] = max(losses[g] - base[g] for g in groups)
         return seen[key]
 
-    def worst_from(base_modes: list[str], trials: Mapping[int, list[str]], bar=None) -> None:
+    def worst_from(base_modes: list[str], trials: Mapping[int, list[str]], bar=None, hold: Sequence[int] = ()) -> None:
         todo = {i: m for i, m in trials.items() if tuple(m) not in seen}
+        if todo and suffix["exact"] and (caches or usable(model, [s for v in groups.values() for s in v],
+                                                          info.num_layers + len(todo) * len(hold))):
+            if not caches:  # kept across calls: one round's trials are the next round's base
+                caches.update({g: PrefixCache(model, s, lambda m: None if all(x == RETRIEVAL for x in m)
+                                              else plan(list(m)), batch_size, check=k == 0)
+                               for k, (g, s) in enumerate(groups.items())})
+            rises: dict[int, list[float]] = {i: [] for i in todo}
+            for g, cache in caches.items():
+                cache.prune(base_modes)
+                cache.fill(base_modes, todo)
+                for i, m in todo.items():
+                    rises[i].append(cache.measure(m, [x for x in hold if x > i]).loss - base[g])
+                    if bar is not None:
+                        bar.update()
+                suffix["exact"] = suffix["exact"] and cache.exact  # a fall-back holds from here on
+            for i, m in todo.items():
+                seen[tuple(m)] = max(rises[i])
+            return
         if not todo or not suffix["exact"] or not all(usable(model, s, len(todo)) for s in groups.values()):
             for m in todo.values():  # whole forwards
                 worst(m)
                 if bar is not None:
                     bar.update(len(groups))
             return
-        rises: dict[int, list[float]] = {i: [] for i in todo}
+        rises = {i: [] for i in todo}
         first = None if all(m == RETRIEVAL for m in base_modes) else plan(base_modes)
         for g, samples in groups.items():  # one group's hidden states kept at a time
             run = Suffix(model, samples, batch_size, check=not suffix["checked"])

@@ -86,7 +86,7 @@ class Suffix:
             if not self.exact:
                 return self._run(lambda ids, mask, keep: self._full(ids, mask, keep, set()))
             batches = iter(self.kept)
-            got = self._run(lambda ids, mask, keep: self._from(start, next(batches), mask, keep))
+            got = self._run(lambda ids, mask, keep: self._from(start, next(batches)[start], mask, keep))
             if not self.checked:
                 self.checked = True
                 full = self._run(lambda ids, mask, keep: self._full(ids, mask, keep, set()))
@@ -107,13 +107,8 @@ class Suffix:
 
     def _full(self, ids, mask, keep: int, layers: set[int]) -> torch.Tensor:
         kept: dict[int, torch.Tensor] = {}
-
-        def grab(layer: int):
-            def hook(module, args, kwargs):
-                kept[layer] = (args[0] if args else kwargs["hidden_states"]).clone()
-            return hook
-
-        handles = [self.decoder.layers[i].register_forward_pre_hook(grab(i), with_kwargs=True) for i in layers]
+        handles = [self.decoder.layers[i].register_forward_pre_hook(grabber(kept, i), with_kwargs=True)
+                   for i in layers]
         try:
             logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
         finally:
@@ -123,16 +118,27 @@ class Suffix:
             self.kept.append(kept)
         return logits
 
-    def _from(self, start: int, kept: dict[int, torch.Tensor], mask, keep: int) -> torch.Tensor:
+    def _from(self, start: int, x: torch.Tensor, mask, keep: int) -> torch.Tensor:
+        """Logits of the last `keep` positions, running layers `start..` on `x`: input ids `[batch, seq]` (a whole
+        forward), or layer `start`'s input `[batch, seq, hidden]` (the decoder's list, and `layer_types`, cut for
+        the call)."""
+        if not x.is_floating_point():
+            return self.model(input_ids=x, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
         decoder, config = self.decoder, self.decoder.config
         layers, types = decoder.layers, getattr(config, "layer_types", None)
         decoder.layers = torch.nn.ModuleList(list(layers)[start:])
         if types is not None:
             config.layer_types = list(types)[start:]
         try:
-            return self.model(inputs_embeds=kept[start], attention_mask=mask, use_cache=False,
-                              logits_to_keep=keep).logits
+            return self.model(inputs_embeds=x, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
         finally:
             decoder.layers = layers
             if types is not None:
                 config.layer_types = types
+
+
+def grabber(kept: dict[int, torch.Tensor], layer: int):
+    """A forward pre-hook (with kwargs) that keeps a copy of `layer`'s input hidden states in `kept[layer]`."""
+    def hook(module, args, kwargs):
+        kept[layer] = (args[0] if args else kwargs["hidden_states"]).clone()
+    return hook

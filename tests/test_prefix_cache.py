@@ -1,0 +1,92 @@
+"""profile/prefix_cache.py: plans measured from held inputs give the loss and answers of whole forwards on every
+family (native sliding layers, layer_types indexed by position, padded batches), and the greedy elimination built
+on it runs fewer layers than rerunning each round's base."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import FAMILIES, SINK, WINDOW, tiny_model
+from test_suffix import modes_plan, samples
+
+import zigzag_attn as zz
+from zigzag_attn.profile import robust
+from zigzag_attn.profile.measure import measure
+from zigzag_attn.profile.prefix_cache import PrefixCache
+from zigzag_attn.runtime.patch import plan_of
+
+
+def modes(n: int, streaming) -> list[str]:
+    return ["streaming" if i in streaming else "retrieval" for i in range(n)]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_measurements_from_held_inputs_equal_whole_forwards(family, batch_size):
+    model = tiny_model(family, seed=3)
+    info = zz.describe(model)
+    n, data = info.num_layers, samples(model)
+    layers = [i for i in range(n) if i not in info.native_sliding]
+    cache = PrefixCache(model, data, lambda m: modes_plan(model, {i for i, x in enumerate(m) if x == "streaming"}),
+                        batch_size)
+
+    def check(streaming, hold=()):
+        got = cache.measure(modes(n, streaming), hold)
+        want = measure(model, data, modes_plan(model, streaming), batch_size=batch_size)
+        assert got.correct == want.correct and got.loss == pytest.approx(want.loss, rel=1e-5, abs=1e-6)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the self-check must not fall back
+        cache.fill(modes(n, set()), layers[1:])  # a base run only as far as its last needed input
+        assert cache.held(modes(n, set())) == layers[-1]
+        first, second = layers[1], layers[-1]
+        check({second}, hold=layers)  # from the last layer: holds nothing past it
+        check({first}, hold=layers)  # a round's trial: holds its inputs after `first`
+        cache.prune(modes(n, {first}))  # the next round's base is that trial
+        assert all(p[first] == "streaming" for p, x in cache.store if x > first)
+        assert cache.held(modes(n, {first})) == layers[-1]  # no base rerun needed
+        check({first, second})
+        check({first, layers[2]} if len(layers) > 3 else {first})
+    assert cache.exact and len(model.get_decoder().layers) == n and plan_of(model) is None
+    if getattr(model.config, "layer_types", None) is not None:
+        assert len(model.config.layer_types) == n  # put back
+
+
+def test_a_forward_that_does_more_between_layers_falls_back(monkeypatch):
+    """If running from a held input disagrees with the whole forward, the first such measurement says so, holds
+    nothing from then on, and every later one is a whole forward: the losses stay right."""
+    model = tiny_model("llama", seed=2)
+    n, data = zz.describe(model).num_layers, samples(model, (30, 31))
+    cache = PrefixCache(model, data, lambda m: modes_plan(model, {i for i, x in enumerate(m) if x == "streaming"}))
+    cache.fill(modes(n, set()), [1, 2, 3])
+    cache.store = {k: [t * 1.5 for t in v] for k, v in cache.store.items()}
+    with pytest.warns(UserWarning, match="measuring whole forwards"):
+        assert cache.measure(modes(n, {2})) == measure(model, data, modes_plan(model, {2}))
+    assert not cache.exact and not cache.store
+    assert cache.measure(modes(n, {3})) == measure(model, data, modes_plan(model, {3}))
+
+
+def test_greedy_runs_fewer_layers_than_rerunning_each_base(monkeypatch):
+    """The same robust profile with held inputs (all groups fit) and with `Suffix` (one group at a time, a base
+    forward each round): identical scores and records, and at most 3/4 of the decoder-layer calls overall."""
+    model = tiny_model("llama", seed=4, layers=12)
+    groups = {"x": samples(model, (30, 31), seed=5), "y": samples(model, (40, 22), seed=6)}
+    calls = {"n": 0}
+    for layer in model.get_decoder().layers:
+        layer.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    runs = {}
+    real = robust.usable
+    for held in (True, False):
+        if not held:  # all groups together do not "fit": Suffix per group
+            monkeypatch.setattr(robust, "usable", lambda m, s=(), *a, **k: len(s) <= 2 and real(m, s, *a, **k))
+        calls["n"] = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            runs[held] = robust.robust_scores(model, groups, None, sink=SINK, window=WINDOW, keep=0.25,
+                                              candidates=3, progress=False), calls["n"]
+    ((s1, m1), n1), ((s0, m0), n0) = runs[True], runs[False]
+    assert torch.equal(s1, s0) and m1["greedy"] == m0["greedy"]
+    assert m1["ablation"] == pytest.approx(m0["ablation"], abs=1e-5)
+    assert n1 <= 0.75 * n0, (n1, n0)
