@@ -36,8 +36,8 @@ def tiny_model(family: str, seed: int = 0, kv_heads: int = 2, layers: int | None
     """A random float32 model of `family`, with 2 query heads per KV head (and `layers` layers, if given)."""
     torch.manual_seed(seed)
     heads = dict(num_attention_heads=2 * kv_heads, num_key_value_heads=kv_heads)
-    heads.update({"num_hidden_layers": layers} if layers else {})
-    config = AutoConfig.for_model(family, **{**COMMON, **heads, **FAMILIES[family]})
+    depth = {"num_hidden_layers": layers} if layers else {}
+    config = AutoConfig.for_model(family, **{**COMMON, **heads, **depth, **FAMILIES[family]})
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 

@@ -16,7 +16,6 @@ whole forward, and a disagreement makes every later one whole (`.exact` turns Fa
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -25,7 +24,7 @@ from ..data.passkey import Sample
 from ..plan import RETRIEVAL, STREAMING, Plan
 from ..runtime import patched
 from .measure import Measurement, _batches, batch
-from .suffix import TOLERANCE, Suffix, grabber
+from .suffix import Suffix, grabber
 
 Modes = tuple[str, ...]
 
@@ -62,16 +61,14 @@ class PrefixCache(Suffix):
             return self._span(modes, 0, None, [], logits=True)
         start = self.held(modes)
         got = self._span(modes, start, None, [x for x in set(hold) if x > start], logits=True)
-        if start and not self.checked:
-            self.checked = True
-            whole = self._span(modes, 0, None, [], logits=True)
-            if abs(whole.loss - got.loss) > TOLERANCE * max(1.0, abs(whole.loss)) or whole.correct != got.correct:
-                warnings.warn(f"{type(self.model).__name__}: running layers {start}.. alone gave loss {got.loss:.6f} "
-                              f"where the whole forward gives {whole.loss:.6f}; measuring whole forwards from here on "
-                              "(slower, same results)", stacklevel=2)
-                self.exact, self.store = False, {}
-                return whole
-        return got
+        if not start:  # a whole forward already
+            return got
+        plan = self.plan_for(modes)
+        with patched(self.model, plan) if plan is not None else contextlib.nullcontext():
+            checked = self._checked(got, start)
+        if not self.exact:
+            self.store = {}
+        return checked
 
     def prune(self, base: Sequence[str]) -> None:
         """Keep only inputs a later plan can use: later plans stream every layer `base` streams and, below any held

@@ -87,6 +87,7 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
         bar.update()
         bar.set_postfix(layer=layer, rise=f"{trials[best]:.3f}")
     bar.close()
+    del worst_from  # its held inputs (PrefixCache) are freed before validation runs
     greedy = _rank([h["streaming"] for h in history], kept, ablation, info.num_layers)
     ablation_rank = _rank([], choosable, ablation, info.num_layers)
     meta = {"groups": {g: len(s) for g, s in groups.items()}, "full_losses": base, "keep": keep,
@@ -133,6 +134,9 @@ def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, s
     def plan(modes: list[str]) -> Plan:
         return Plan.from_layers(modes, sink=sink, window=window, model=info)
 
+    def plan_or_full(modes) -> Plan | None:  # None: full attention, the unpatched model
+        return None if all(m == RETRIEVAL for m in modes) else plan(list(modes))
+
     def worst(modes: list[str]) -> float:
         key = tuple(modes)
         if key not in seen:
@@ -145,8 +149,7 @@ def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, s
         if todo and suffix["exact"] and (caches or usable(model, [s for v in groups.values() for s in v],
                                                           info.num_layers + len(todo) * len(hold))):
             if not caches:  # kept across calls: one round's trials are the next round's base
-                caches.update({g: PrefixCache(model, s, lambda m: None if all(x == RETRIEVAL for x in m)
-                                              else plan(list(m)), batch_size, check=k == 0)
+                caches.update({g: PrefixCache(model, s, plan_or_full, batch_size, check=k == 0)
                                for k, (g, s) in enumerate(groups.items())})
             rises: dict[int, list[float]] = {i: [] for i in todo}
             for g, cache in caches.items():
@@ -167,7 +170,7 @@ def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, s
                     bar.update(len(groups))
             return
         rises = {i: [] for i in todo}
-        first = None if all(m == RETRIEVAL for m in base_modes) else plan(base_modes)
+        first = plan_or_full(base_modes)
         for g, samples in groups.items():  # one group's hidden states kept at a time
             run = Suffix(model, samples, batch_size, check=not suffix["checked"])
             run.base(first, todo)

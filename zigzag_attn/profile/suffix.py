@@ -87,16 +87,22 @@ class Suffix:
                 return self._run(lambda ids, mask, keep: self._full(ids, mask, keep, set()))
             batches = iter(self.kept)
             got = self._run(lambda ids, mask, keep: self._from(start, next(batches)[start], mask, keep))
-            if not self.checked:
-                self.checked = True
-                full = self._run(lambda ids, mask, keep: self._full(ids, mask, keep, set()))
-                if abs(full.loss - got.loss) > TOLERANCE * max(1.0, abs(full.loss)) or full.correct != got.correct:
-                    warnings.warn(f"{type(self.model).__name__}: running layers {start}.. alone gave loss "
-                                  f"{got.loss:.6f} where the whole forward gives {full.loss:.6f}; measuring whole "
-                                  "forwards from here on (slower, same results)", stacklevel=2)
-                    self.exact = False
-                    return full
+            return self._checked(got, start)
+
+    def _checked(self, got: Measurement, start: int) -> Measurement:
+        """`got` (run from layer `start`, under the patch in force), compared once with a whole forward: on a
+        disagreement, says so, turns `.exact` False and gives the whole forward's measurement instead."""
+        if self.checked:
             return got
+        self.checked = True
+        full = self._run(lambda ids, mask, keep: self._full(ids, mask, keep, set()))
+        if abs(full.loss - got.loss) > TOLERANCE * max(1.0, abs(full.loss)) or full.correct != got.correct:
+            warnings.warn(f"{type(self.model).__name__}: running layers {start}.. alone gave loss {got.loss:.6f} "
+                          f"where the whole forward gives {full.loss:.6f}; measuring whole forwards from here on "
+                          "(slower, same results)", stacklevel=3)
+            self.exact = False
+            return full
+        return got
 
     def release(self) -> None:
         """Drop the kept hidden states."""
