@@ -18,7 +18,8 @@ as soon as it exists):
   decode   steps at batch B on the static cache marked filled to N (values do not change the work): `compiled`
            (transformers' get_compiled_call: inductor + CUDA graphs) at --compiled-contexts, `eager` elsewhere or
            when the compile fails or passes --compile-limit-s or the end of --budget-s (`fallback` says why).
-           tokens/s = B / step time.
+           tokens/s = B / step time. Where the compile ran out of memory beside B, it is tried again at
+           --compile-retry x B (and so on): `decode_smaller` rows; the ratios take each policy's best tokens/s.
 --host-time also analyses the host side of zigzag's compiled step at the first compiled context (host_time.py).
 """
 
@@ -169,7 +170,7 @@ class Point:
         return cand, lo, trials
 
     @torch.no_grad()
-    def run(self) -> dict | None:
+    def run(self) -> None:
         t0 = time.time()
         p = self.probe()
         room = self.room()
@@ -188,13 +189,19 @@ class Point:
                 self.emit("prefill", batch=batch, skipped="OOM beside the cache; one batch less")
                 batch -= 1
         if batch < 1:
-            return None
+            return
         self.emit("prefill", batch=batch, k=self.k, ms=ms, ms_per_seq=ms / self.k,
                   batch_ms_derived=ms / self.k * batch, probe_ms=p["prefill_probe_ms"])
         del cache
-        return self.decode(batch)
+        row = self.decode(batch)
+        smaller = batch
+        while "OutOfMemoryError" in (row["fallback"] or "") and smaller > 1:
+            # the compile's workspace did not fit beside the largest batch: the policy's best decode throughput may be
+            # compiled at a smaller one (its own row, `decode_smaller`; the limit row above stays eager)
+            smaller = max(1, int(smaller * self.args.compile_retry))
+            row = self.decode(smaller, part="decode_smaller")
 
-    def decode(self, batch: int) -> dict:
+    def decode(self, batch: int, part: str = "decode") -> dict:
         reset_peak()
         cache = self.filled_cache(batch)
         mode, fallback, first_s, compiled = "eager", None, None, None
@@ -233,7 +240,7 @@ class Point:
                 self.emit("host", batch=batch, **analyse(compiled, cache, self.args.host_steps))
             except Exception as e:  # noqa: BLE001 - the decode row must still be written
                 self.emit("host", batch=batch, failed=f"{type(e).__name__}: {str(e)[:300]}")
-        self.emit("decode", **row)
+        self.emit(part, **row)
         cache = call = compiled = None  # the closures hold the cache through this cell
         if mode == "compiled":
             self.bench.reset_compiled()  # its CUDA graphs hold the cache
@@ -263,17 +270,6 @@ class time_limit:
         signal.signal(signal.SIGALRM, self.old)
 
 
-def ratios(rows: dict) -> list[dict]:
-    """Zigzag against each other policy at each context: batch and tokens/s ratios."""
-    out = []
-    for (policy, n), row in rows.items():
-        z = rows.get(("zigzag", n))
-        if policy != "zigzag" and z and row:
-            out.append({"part": "ratio", "n": n, "vs": policy, "batch": z["batch"] / row["batch"],
-                        "tok_s": z["tok_s"] / row["tok_s"], "modes": [z["mode"], row["mode"]]})
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--contexts", default="32768,8192,131072", help="in the order run (the first is the target)")
@@ -286,6 +282,9 @@ def main() -> None:
                     help="torch.compile backend (inductor: what generate uses; eager: dynamo only, for CPU checks)")
     ap.add_argument("--dynamic", choices=("auto", "true"), default="auto")
     ap.add_argument("--compile-limit-s", type=float, default=150, help="fall back to eager past this")
+    ap.add_argument("--compile-retry", type=float, default=0.85,
+                    help="when the compile runs out of memory beside the largest batch, try compiled at this share "
+                         "of the batch (again while it fails for memory)")
     ap.add_argument("--compile-min-s", type=float, default=45,
                     help="with less of --budget-s left than this, decode eager without trying to compile")
     ap.add_argument("--mem-gb", type=float, help="pretend the device holds this many GB (weights included)")
@@ -299,11 +298,14 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny model, on CPU: checks the logic")
     ap.add_argument("--budget-s", type=float, default=1e9,
                     help="start no new point, and end no compile, after this many seconds")
+    ap.add_argument("--skip", default="", help="points not to run, as policy@N,... (measured by an earlier call)")
     ap.add_argument("--out", default="throughput-out")
     ap.add_argument("--report", nargs="*", help="only print the tables (and --png) from these jsonl files")
     ap.add_argument("--png")
     args = ap.parse_args()
     args.dynamic = None if args.dynamic == "auto" else True
+    if not 0 < args.compile_retry < 1:
+        ap.error(f"--compile-retry must be between 0 and 1 (a share of the batch), got {args.compile_retry}")
     if args.report:
         print(report([json.loads(s) for f in args.report for s in Path(f).read_text().splitlines() if s], args.png))
         return
@@ -313,6 +315,10 @@ def main() -> None:
         ap.error(f"unknown policies {sorted(set(policies) - set(POLICIES))}; choose from {list(POLICIES)}")
     contexts = [int(n) for n in args.contexts.split(",")]
     compiled = {int(n) for n in args.compiled_contexts.split(",") if n}
+    skip = {p for p in args.skip.split(",") if p}
+    bad = [p for p in skip if p.partition("@")[0] not in POLICIES or not p.partition("@")[2].isdigit()]
+    if bad:
+        ap.error(f"--skip takes policy@N points (policies {list(POLICIES)}), got {bad}")
     bench = Bench(args, policies, log_name="throughput.jsonl")
     bench.all_weight_bytes = sum(p.numel() * p.element_size() for p in bench.models[policies[0]].parameters())
     bench.cache_bytes = lambda cache: kv_nbytes(cache.layers)
@@ -320,20 +326,19 @@ def main() -> None:
     bench.emit({"part": "note", "text": "policies run one after another, each freeing all it holds before the next "
                 "(at their largest batches they cannot share the card)", "compiled_contexts": sorted(compiled),
                 "backend": args.backend})
-    rows = {}
     for n in contexts:  # the first context for every policy first: the compiles, and the targets, come first
         for policy in policies:
+            if f"{policy}@{n}" in skip:
+                continue
             if time.time() - start > args.budget_s:
                 bench.emit({"part": "skipped", "policy": policy, "n": n, "why": "--budget-s"})
                 continue
             try:
-                rows[policy, n] = Point(bench, policy, n, n in compiled, start + args.budget_s).run()
+                Point(bench, policy, n, n in compiled, start + args.budget_s).run()
             except Exception as e:  # noqa: BLE001 - one GPU call: record the point's failure, go on to the next
                 bench.emit({"part": "skipped", "policy": policy, "n": n, "why": f"{type(e).__name__}: {str(e)[:300]}",
                             "where": traceback.format_exc()[-600:]})
                 bench.reset_compiled()
-    for row in ratios(rows):
-        bench.emit(row)
     out = Path(args.out)
     print(report([json.loads(s) for s in (out / "throughput.jsonl").read_text().splitlines() if s],
                  args.png or str(out / "throughput.png")))

@@ -12,6 +12,7 @@ def last_rows(rows: list[dict], part: str) -> dict:
 
 def table(rows: list[dict]) -> str:
     decode, prefill, limit = last_rows(rows, "decode"), last_rows(rows, "prefill"), last_rows(rows, "limit")
+    smaller = [r for r in rows if r.get("part") == "decode_smaller"]
     prefill = {k: r for k, r in prefill.items() if "ms" in r}
     lines = ["| N | policy | batch (candidate) | decode | ms/step | tokens/s | peak GB | cache GB | prefill k x N ms "
              "| batch prefill s (derived) |", "|---" * 10 + "|"]
@@ -26,6 +27,10 @@ def table(rows: list[dict]) -> str:
                          f"{fmt(d.get('tok_s'), 0)} | {fmt(d.get('peak_GB'), 1)} | {fmt(d.get('cache_GB'), 1)} | "
                          f"{p.get('k', '-')} x {n}: {fmt(p.get('ms'), 0)} | "
                          f"{fmt(p['batch_ms_derived'] / 1e3 if p else None, 1)} |")
+            for d in (r for r in smaller if (r["policy"], r["n"]) == (policy, n)):
+                lines.append(f"| {n} | {policy}, compiled below its limit | {d['batch']} | {d['mode']} | "
+                             f"{fmt(d['ms'])} | {fmt(d['tok_s'], 0)} | {fmt(d['peak_GB'], 1)} | "
+                             f"{fmt(d['cache_GB'], 1)} | - | - |")
     return "\n".join(lines)
 
 
@@ -33,13 +38,44 @@ def fmt(x, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def points(rows: list[dict]) -> dict:
+    """(policy, n) -> {"limit": its limit row, "best": its decode row with the most tokens/s}: from the point's last
+    run (a run starts with its limit row), the decode at the limit batch or compiled below it (`decode_smaller`)."""
+    got: dict = {}
+    for r in rows:
+        key = (r.get("policy"), r.get("n"))
+        if r.get("part") == "limit":
+            got[key] = {"limit": r, "best": None}
+        elif r.get("part") in ("decode", "decode_smaller") and key in got:
+            best = got[key]["best"]
+            got[key]["best"] = r if best is None or r["tok_s"] > best["tok_s"] else best
+    return {k: v for k, v in got.items() if v["best"]}
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Zigzag against each other policy at each context: the batch at the limit (the decode row's: one less where
+    the real prefill did not fit) and tokens/s, each policy at its best."""
+    got, out = points(rows), []
+    batch = {k: next((r["batch"] for r in rows if r.get("part") == "decode" and (r["policy"], r["n"]) == k), None)
+             for k in got}
+    for (policy, n), v in sorted(got.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        z = got.get(("zigzag", n))
+        if policy != "zigzag" and z:
+            out.append({"n": n, "vs": policy, "batch": batch["zigzag", n] / batch[policy, n],
+                        "tok_s": z["best"]["tok_s"] / v["best"]["tok_s"],
+                        "modes": [z["best"]["mode"], v["best"]["mode"]],
+                        "tok_s_batches": [z["best"]["batch"], v["best"]["batch"]]})
+    return out
+
+
 def ratio_table(rows: list[dict]) -> str:
-    got = [r for r in rows if r.get("part") == "ratio"]
+    got = ratios(rows)
     if not got:
         return ""
-    lines = ["| N | zigzag vs | batch ratio | tokens/s ratio | modes (zigzag, other) |", "|---" * 5 + "|"]
-    lines += [f"| {r['n']} | {r['vs']} | {r['batch']:.2f}x | {r['tok_s']:.2f}x | {', '.join(r['modes'])} |"
-              for r in sorted(got, key=lambda r: (r["n"], r["vs"]))]
+    lines = ["| N | zigzag vs | batch ratio (at the limit) | tokens/s ratio (each at its best) | modes (zigzag, other) "
+             "| batches of the tokens/s |", "|---" * 6 + "|"]
+    lines += [f"| {r['n']} | {r['vs']} | {r['batch']:.2f}x | {r['tok_s']:.2f}x | {', '.join(r['modes'])} | "
+              f"{', '.join(map(str, r['tok_s_batches']))} |" for r in got]
     return "\n".join(lines)
 
 
@@ -80,12 +116,12 @@ def plot(rows: list[dict], png: str) -> None:
         xs = [j + i * width for j in range(len(ns))]
         # the decode row's batch: one less than the limit's where the real prefill did not fit beside the cache
         vals = [[decode.get((p, n), limit.get((p, n), {})).get("batch", 0) for n in ns],
-                [decode.get((p, n), {}).get("tok_s", 0) for n in ns],
+                [best_tok_s(rows, p, n) for n in ns],
                 [decode.get((p, n), {}).get("peak_GB", 0) for n in ns]]
         for ax, v in zip(axes, vals, strict=True):
             bars = ax.bar(xs, v, width, label=p)
             ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    for ax, title in zip(axes, ("largest batch", "decode tokens/s at that batch", "peak memory GB"), strict=True):
+    for ax, title in zip(axes, ("largest batch", "decode tokens/s (best batch)", "peak memory GB"), strict=True):
         ax.set_xticks([j + width * (len(policies) - 1) / 2 for j in range(len(ns))], [label(n) for n in ns])
         ax.set_title(title)
     modes = "; ".join(f"{label(n)}: " + ", ".join(f"{p} {decode[p, n]['mode']}" + (" (fallback)" if decode[p, n].get(
@@ -95,6 +131,12 @@ def plot(rows: list[dict], png: str) -> None:
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
+
+
+def best_tok_s(rows: list[dict], policy: str, n: int) -> float:
+    """The policy's best decode tokens/s at n: at its limit batch, or compiled below it (`decode_smaller`)."""
+    return max([r["tok_s"] for r in rows if r.get("part") in ("decode", "decode_smaller")
+                and (r.get("policy"), r.get("n")) == (policy, n)], default=0)
 
 
 def label(n: int) -> str:

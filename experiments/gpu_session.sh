@@ -114,13 +114,17 @@ case $1 in
       --prefill-max-tokens 262144 \
       --policies full,mixed,zigzag --dynamic true --budget-s $(( end - $(date +%s) - 60 )) --out $OUT/q15bench 2>&1 \
       | grep -vi warning | tee $OUT/q15bench_log.txt | tail -60 ;;
-  throughput15)  # issue #17 on the real 1.5B, alone: the largest batch, decode tokens/s and prefill at 32k and 8k
+  throughput15)  # issue #17 on the real 1.5B, alone: the largest batch, decode tokens/s and prefill. Two calls:
+                 # the defaults (32k compiled, host time), then CONTEXTS=32768,8192,131072 POLICIES=fullk,zigzag,mixed,full
+                 # TAG=b (fullk compiled at 32k, every policy eager at 8k and 128k; 32k rows of the first call stay)
     pkill -f "[g]pu_jobs.sh q"; pkill -f "[g]pu_accuracy.py"; sleep 3
+    t=$OUT/tp15${TAG:-}; mkdir -p $t
     timeout -k 15 $(( end - $(date +%s) - 25 )) python benchmarks/throughput.py --model $(q15w) \
-      --zigzag-plan qwen2.5-coder-1.5b@0.5 --contexts 32768,8192 --compiled-contexts 32768 --policies zigzag,mixed,full \
-      --budget-s $(( end - $(date +%s) - 70 )) --compile-limit-s 170 --compile-min-s 45 --out $OUT/tp15 \
-      > $OUT/tp15_log.txt 2>&1; echo "throughput rc=$?"
-    python benchmarks/throughput.py --report $OUT/tp15/throughput.jsonl --png $OUT/tp15/throughput.png ;;
+      --zigzag-plan qwen2.5-coder-1.5b@0.5 --contexts ${CONTEXTS:-32768} --compiled-contexts 32768 \
+      --policies ${POLICIES:-zigzag,mixed,full} --host-time --skip "${SKIP:-}" \
+      --budget-s $(( end - $(date +%s) - 70 )) --compile-limit-s 170 --compile-min-s 45 --out $t \
+      > $t/log.txt 2>&1; echo "throughput rc=$?"
+    python benchmarks/throughput.py --report $OUT/tp15*/throughput.jsonl --png $t/throughput.png ;;
   *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b|frontier05e|frontier15|launch|watch|timing15|throughput15" >&2
      exit 2 ;;
 esac

@@ -48,8 +48,12 @@ def test_largest_batch_and_rows(tmp_path):
     # one KV budget: mixed and zigzag hold the same bytes per sequence, fewer than full
     assert probe["zigzag"]["per_seq_bytes"] == probe["mixed"]["per_seq_bytes"] < probe["full"]["per_seq_bytes"]
     assert limit["zigzag"]["batch"] > limit["full"]["batch"]
-    ratio = {r["vs"]: r for r in rows if r["part"] == "ratio"}
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from throughput_report import ratios
+
+    ratio = {r["vs"]: r for r in ratios(rows)}
     assert ratio["full"]["batch"] == limit["zigzag"]["batch"] / limit["full"]["batch"]
+    assert ratio["full"]["tok_s"] == decode["zigzag"]["tok_s"] / decode["full"]["tok_s"]
 
 
 def test_compiled_step_and_host_time(tmp_path):
@@ -70,3 +74,43 @@ def test_compile_past_its_limit_falls_back_to_eager(tmp_path):
                "--compile-limit-s", "0.05")
     decode = rows_of(rows, "decode")["zigzag"]
     assert decode["mode"] == "eager" and "CompileTimeout" in decode["fallback"]
+
+
+def test_compile_out_of_memory_tries_a_smaller_batch(tmp_path, monkeypatch):
+    """A compile that runs out of memory beside the largest batch leaves that row eager and is tried again compiled
+    at --compile-retry x the batch; the ratios take the best tokens/s but the batch at the limit."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import throughput
+    import throughput_report
+
+    failed = []
+
+    def run_step(fn):  # the first compile attempt (at the limit batch) runs out of memory
+        if not failed:
+            failed.append(1)
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return fn()
+
+    monkeypatch.setattr(throughput, "run_step", run_step)
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--smoke", "--layers", "2", "--contexts", "512", "--steps", "2",
+                                      "--prefill-tokens", "1024", "--margin-gb", "0", "--mem-gb", "0.012",
+                                      "--policies", "zigzag,full", "--compiled-contexts", "512", "--backend", "eager",
+                                      "--compile-retry", "0.5", "--out", str(tmp_path)])
+    throughput.main()
+    rows = [json.loads(s) for s in (tmp_path / "throughput.jsonl").read_text().splitlines()]
+    limit, decode, smaller = (rows_of(rows, p) for p in ("limit", "decode", "decode_smaller"))
+    assert decode["zigzag"]["mode"] == "eager" and "OutOfMemoryError" in decode["zigzag"]["fallback"]
+    assert decode["zigzag"]["batch"] == limit["zigzag"]["batch"]
+    s = smaller["zigzag"]
+    assert s["mode"] == "compiled" and s["batch"] == max(1, int(limit["zigzag"]["batch"] * 0.5))
+    assert "full" not in smaller  # full compiled at its limit: no retry
+    assert decode["full"]["mode"] == "compiled"
+    ratio = {r["vs"]: r for r in throughput_report.ratios(rows)}["full"]
+    assert ratio["batch"] == limit["zigzag"]["batch"] / limit["full"]["batch"]
+    best = max(decode["zigzag"]["tok_s"], s["tok_s"])
+    assert abs(ratio["tok_s"] - best / decode["full"]["tok_s"]) < 1e-9
+    table = throughput.report(rows)
+    assert f"| 512 | full | {ratio['batch']:.2f}x | {ratio['tok_s']:.2f}x |" in table
+    assert "| 512 | zigzag, compiled below its limit |" in table
