@@ -105,6 +105,31 @@ def test_compiled_decode_one_graph(case, dynamic, decode):
 
 
 @torch.no_grad()
+def test_generate_compiled_skip_guards_same_tokens():
+    """The README's speed setting: after warm-up, `generate`'s compiled decode under
+    set_stance(skip_guard_eval_unsafe=True) gives the tokens it gives without it, and those equal eager decoding."""
+    from transformers.generation.configuration_utils import CompileConfig
+
+    model = tiny_model("llama")
+    zz.patch(model, plans_for(model)["exclusive"])
+    config = CompileConfig(backend="eager")
+    config._compile_all_devices = True  # generate compiles only on accelerators otherwise
+    x = ids(40, seed=5)
+    kw = {"max_new_tokens": 24, "do_sample": False, "cache_implementation": "static", "compile_config": config,
+          "pad_token_id": 0}
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    warm = model.generate(x, **kw)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # it did compile
+    with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+        got = model.generate(x, **kw)
+    model.generation_config.disable_compile = True
+    eager = model.generate(x, **kw)
+    torch._dynamo.reset()
+    assert torch.equal(got, warm) and torch.equal(got, eager)
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("kind", ["exclusive", "mixed", "streaming"])
 @pytest.mark.parametrize("window", [100_000, 2**31 - 1])  # the largest window a plan allows (plan.MAX_TOKENS)
 def test_ring_no_longer_than_the_cache(kind, window):
