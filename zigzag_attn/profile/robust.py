@@ -77,8 +77,9 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
         pool = order[:candidates]
         tried = {i: [STREAMING if j == i else m for j, m in enumerate(modes)] for i in pool}
         # the trials hold their inputs at the next round's candidates (whichever is chosen), so no base reruns
-        worst_from(modes, tried, hold=order[:candidates + 2] if candidates else ())
-        trials = [worst(tried[i]) for i in pool]
+        # cut=True: a trial already worse than the best one in some group is not measured on the others
+        worst_from(modes, tried, hold=order[:candidates + 2] if candidates else (), cut=True)
+        trials = [worst(tried[i], bound=True) for i in pool]
         best = min(range(len(pool)), key=trials.__getitem__)
         layer = pool[best]
         modes[layer] = STREAMING
@@ -120,14 +121,20 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
 def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, sink: int, window: int, info):
     """Full attention's loss per group (measured here), and two functions of layer mode lists, each plan measured
     once however often it is asked for:
-    - `worst(modes)`: the worst group's rise in loss over full attention;
-    - `worst_from(base, trials, bar=None, hold=())`: measures `trials` ({layer: modes}, each equal to `base`
-      before its layer) for later `worst` calls, running only the layers after the deepest held input
-      (`prefix_cache.PrefixCache`, kept across calls; each trial holds its inputs at the layers of `hold` after
-      its own) where every group's held inputs fit in memory, else from each trial's layer on (`suffix.Suffix`,
-      one group at a time), else whole forwards; `bar` (tqdm) advances once per trial and group."""
+    - `worst(modes, bound=False)`: the worst group's rise in loss over full attention; with `bound`, a trial that
+      `worst_from(..., cut=True)` cut short gives the lower bound that put it above the best trial instead;
+    - `worst_from(base, trials, bar=None, hold=(), cut=False)`: measures `trials` ({layer: modes}, each equal to
+      `base` before its layer; in the order given) for later `worst` calls, running only the layers after the
+      deepest held input (`prefix_cache.PrefixCache`, kept across calls; each trial holds its inputs at the layers
+      of `hold` after its own) where every group's held inputs fit in memory, else from each trial's layer on
+      (`suffix.Suffix`, one group at a time), else whole forwards; `bar` (tqdm) advances once per trial and group.
+      With `cut` (held inputs only), a trial stops at the first group whose rise exceeds the worst rise of the
+      best trial so far, as that trial can no longer be chosen; the groups go in the order of the first complete
+      trial's rises, largest first. The choice among the trials is the same as with every group measured."""
     base = group_losses(model, groups, None, batch_size)
     seen: dict[tuple[str, ...], float] = {}
+    cut_at: dict[tuple[str, ...], float] = {}  # trials cut short: a lower bound of their worst rise
+    order_of: dict[str, list[str]] = {"groups": []}  # groups by the last call's first complete trial's rises
     caches: dict[str, PrefixCache] = {}  # per group, where all groups' held inputs fit (else `Suffix`, one group)
     suffix = {"checked": False, "exact": True}  # the first trial is checked against a whole forward, once
 
@@ -137,31 +144,45 @@ def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, s
     def plan_or_full(modes) -> Plan | None:  # None: full attention, the unpatched model
         return None if all(m == RETRIEVAL for m in modes) else plan(list(modes))
 
-    def worst(modes: list[str]) -> float:
+    def worst(modes: list[str], bound: bool = False) -> float:
         key = tuple(modes)
+        if bound and key not in seen and key in cut_at:
+            return cut_at[key]
         if key not in seen:
             losses = group_losses(model, groups, plan(modes), batch_size)
             seen[key] = max(losses[g] - base[g] for g in groups)
         return seen[key]
 
-    def worst_from(base_modes: list[str], trials: Mapping[int, list[str]], bar=None, hold: Sequence[int] = ()) -> None:
+    def worst_from(base_modes: list[str], trials: Mapping[int, list[str]], bar=None, hold: Sequence[int] = (),
+                   cut: bool = False) -> None:
         todo = {i: m for i, m in trials.items() if tuple(m) not in seen}
         if todo and suffix["exact"] and (caches or usable(model, [s for v in groups.values() for s in v],
                                                           info.num_layers + len(todo) * len(hold))):
             if not caches:  # kept across calls: one round's trials are the next round's base
                 caches.update({g: PrefixCache(model, s, plan_or_full, batch_size, check=k == 0)
                                for k, (g, s) in enumerate(groups.items())})
-            rises: dict[int, list[float]] = {i: [] for i in todo}
-            for g, cache in caches.items():
+            for cache in caches.values():
                 cache.prune(base_modes)
                 cache.fill(base_modes, todo)
-                for i, m in todo.items():
-                    rises[i].append(cache.measure(m, [x for x in hold if x > i]).loss - base[g])
+            best = min((seen[tuple(m)] for m in trials.values() if tuple(m) in seen), default=math.inf)
+            order, first = order_of["groups"] or list(caches), True
+            for i, m in todo.items():
+                rises: dict[str, float] = {}
+                for g in order:
+                    rises[g] = caches[g].measure(m, [x for x in hold if x > i]).loss - base[g]
+                    suffix["exact"] = suffix["exact"] and caches[g].exact  # a fall-back holds from here on
                     if bar is not None:
                         bar.update()
-                suffix["exact"] = suffix["exact"] and cache.exact  # a fall-back holds from here on
-            for i, m in todo.items():
-                seen[tuple(m)] = max(rises[i])
+                    if cut and rises[g] > best:
+                        break
+                if len(rises) < len(order):
+                    cut_at[tuple(m)] = max(rises.values())
+                    continue
+                seen[tuple(m)] = max(rises.values())
+                if first:  # the groups most likely to cut the next trials short go first
+                    order = order_of["groups"] = sorted(caches, key=lambda g: -rises[g])
+                    first = False
+                best = min(best, seen[tuple(m)])
             return
         if not todo or not suffix["exact"] or not all(usable(model, s, len(todo)) for s in groups.values()):
             for m in todo.values():  # whole forwards
