@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 
@@ -124,10 +125,13 @@ def plot(rows: list[dict], png: str) -> None:
     for ax, title in zip(axes, ("largest batch", "decode tokens/s (best batch)", "peak memory GB"), strict=True):
         ax.set_xticks([j + width * (len(policies) - 1) / 2 for j in range(len(ns))], [label(n) for n in ns])
         ax.set_title(title)
-    modes = "; ".join(f"{label(n)}: " + ", ".join(f"{p} {decode[p, n]['mode']}" + (" (fallback)" if decode[p, n].get(
-        "fallback") else "") for p in policies if (p, n) in decode) for n in ns)
+    best = points(rows)
+    modes = "; ".join(f"{label(n)}: " + ", ".join(
+        f"{p} {best[p, n]['best']['mode']}" + (f" at {best[p, n]['best']['batch']}" if best[p, n]["best"].get(
+            "part") == "decode_smaller" else "") for p in policies if (p, n) in best) for n in ns)
     axes[0].legend()
-    fig.suptitle("throughput at the memory limit (policies run one after another); decode " + modes, fontsize=9)
+    fig.suptitle("\n".join(["throughput at the memory limit (policies run one after another); decode (best):"]
+                           + textwrap.wrap(modes, 170)), fontsize=9)
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
