@@ -39,33 +39,29 @@ def fmt(x, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def points(rows: list[dict]) -> dict:
-    """(policy, n) -> {"limit": its limit row, "best": its decode row with the most tokens/s}: from the point's last
-    run (a run starts with its limit row), the decode at the limit batch or compiled below it (`decode_smaller`)."""
+def best_rows(rows: list[dict]) -> dict:
+    """(policy, n) -> its decode row with the most tokens/s in the point's last run (a run starts with its limit
+    row): the decode at the limit batch, or compiled below it (`decode_smaller`)."""
     got: dict = {}
     for r in rows:
         key = (r.get("policy"), r.get("n"))
         if r.get("part") == "limit":
-            got[key] = {"limit": r, "best": None}
+            got[key] = None
         elif r.get("part") in ("decode", "decode_smaller") and key in got:
-            best = got[key]["best"]
-            got[key]["best"] = r if best is None or r["tok_s"] > best["tok_s"] else best
-    return {k: v for k, v in got.items() if v["best"]}
+            got[key] = r if got[key] is None or r["tok_s"] > got[key]["tok_s"] else got[key]
+    return {k: r for k, r in got.items() if r}
 
 
 def ratios(rows: list[dict]) -> list[dict]:
     """Zigzag against each other policy at each context: the batch at the limit (the decode row's: one less where
     the real prefill did not fit) and tokens/s, each policy at its best."""
-    got, out = points(rows), []
-    batch = {k: next((r["batch"] for r in rows if r.get("part") == "decode" and (r["policy"], r["n"]) == k), None)
-             for k in got}
-    for (policy, n), v in sorted(got.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        z = got.get(("zigzag", n))
+    best, decode, out = best_rows(rows), last_rows(rows, "decode"), []
+    for (policy, n), b in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        z = best.get(("zigzag", n))
         if policy != "zigzag" and z:
-            out.append({"n": n, "vs": policy, "batch": batch["zigzag", n] / batch[policy, n],
-                        "tok_s": z["best"]["tok_s"] / v["best"]["tok_s"],
-                        "modes": [z["best"]["mode"], v["best"]["mode"]],
-                        "tok_s_batches": [z["best"]["batch"], v["best"]["batch"]]})
+            out.append({"n": n, "vs": policy, "batch": decode["zigzag", n]["batch"] / decode[policy, n]["batch"],
+                        "tok_s": z["tok_s"] / b["tok_s"], "modes": [z["mode"], b["mode"]],
+                        "tok_s_batches": [z["batch"], b["batch"]]})
     return out
 
 
@@ -108,7 +104,7 @@ def plot(rows: list[dict], png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    decode, limit = last_rows(rows, "decode"), last_rows(rows, "limit")
+    decode, limit, best = last_rows(rows, "decode"), last_rows(rows, "limit"), best_rows(rows)
     ns = sorted({k[1] for k in limit})
     policies = [p for p in ("full", "fullk", "mixed", "zigzag") if any(k[0] == p for k in limit)]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -117,7 +113,7 @@ def plot(rows: list[dict], png: str) -> None:
         xs = [j + i * width for j in range(len(ns))]
         # the decode row's batch: one less than the limit's where the real prefill did not fit beside the cache
         vals = [[decode.get((p, n), limit.get((p, n), {})).get("batch", 0) for n in ns],
-                [best_tok_s(rows, p, n) for n in ns],
+                [best.get((p, n), {}).get("tok_s", 0) for n in ns],
                 [decode.get((p, n), {}).get("peak_GB", 0) for n in ns]]
         for ax, v in zip(axes, vals, strict=True):
             bars = ax.bar(xs, v, width, label=p)
@@ -125,22 +121,15 @@ def plot(rows: list[dict], png: str) -> None:
     for ax, title in zip(axes, ("largest batch", "decode tokens/s (best batch)", "peak memory GB"), strict=True):
         ax.set_xticks([j + width * (len(policies) - 1) / 2 for j in range(len(ns))], [label(n) for n in ns])
         ax.set_title(title)
-    best = points(rows)
     modes = "; ".join(f"{label(n)}: " + ", ".join(
-        f"{p} {best[p, n]['best']['mode']}" + (f" at {best[p, n]['best']['batch']}" if best[p, n]["best"].get(
-            "part") == "decode_smaller" else "") for p in policies if (p, n) in best) for n in ns)
+        f"{p} {best[p, n]['mode']}" + (f" at {best[p, n]['batch']}" if best[p, n]["part"] == "decode_smaller" else "")
+        for p in policies if (p, n) in best) for n in ns)
     axes[0].legend()
     fig.suptitle("\n".join(["throughput at the memory limit (policies run one after another); decode (best):"]
                            + textwrap.wrap(modes, 170)), fontsize=9)
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
-
-
-def best_tok_s(rows: list[dict], policy: str, n: int) -> float:
-    """The policy's best decode tokens/s at n: at its limit batch, or compiled below it (`decode_smaller`)."""
-    return max([r["tok_s"] for r in rows if r.get("part") in ("decode", "decode_smaller")
-                and (r.get("policy"), r.get("n")) == (policy, n)], default=0)
 
 
 def label(n: int) -> str:
