@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import signal
 import statistics
 import sys
 import time
@@ -43,16 +42,11 @@ from bench import Bench  # noqa: E402
 from bench_report import POLICIES  # noqa: E402
 from host_time import analyse  # noqa: E402
 from throughput_report import report  # noqa: E402
-from timing import DEVICE, cuda_ms, mark_filled, reset_peak, run_step, sync  # noqa: E402
+from timing import DEVICE, CompileTimeout, cuda_bytes, cuda_ms, mark_filled, reset_peak, run_step, sync, time_limit  # noqa: E402
 
 from zigzag_attn.runtime.cache import kv_nbytes  # noqa: E402
 
 WARM = 3  # compiled: the first call compiles, the second records the CUDA graph
-
-
-def cuda_bytes() -> tuple[int, int]:
-    """(allocated now, peak since the last reset); zeros on CPU."""
-    return (torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()) if DEVICE == "cuda" else (0, 0)
 
 
 class Point:
@@ -245,29 +239,6 @@ class Point:
         if mode == "compiled":
             self.bench.reset_compiled()  # its CUDA graphs hold the cache
         return row
-
-
-class CompileTimeout(BaseException):
-    """The compile limit was reached. Not an Exception: torch's compile paths catch those and carry on (eagerly),
-    so a timeout raised inside them would be swallowed and the step reported as compiled."""
-
-
-class time_limit:
-    """Raise CompileTimeout in the main thread after `seconds` (SIGALRM; the compile runs in the main thread)."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def __enter__(self):
-        def stop(*_):
-            raise CompileTimeout(f"compile limit of {self.seconds:.0f} s reached")
-
-        self.old = signal.signal(signal.SIGALRM, stop)
-        signal.setitimer(signal.ITIMER_REAL, self.seconds)
-
-    def __exit__(self, *exc):
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, self.old)
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Measuring helpers the benchmarks share: CUDA-event and host timing of a step, peak memory, a static cache made
-to look filled, the kernels a step spends its time in, and the card's copy bandwidth and matmul rate.
+to look filled, the kernels a step spends its time in, the card's copy bandwidth and matmul rate, and a time limit
+on a compile (SIGALRM).
 
 On CPU (`--smoke` runs) the timers fall back to wall time and the memory counters to 0: the logic runs, the numbers
 mean nothing.
@@ -7,6 +8,7 @@ mean nothing.
 
 from __future__ import annotations
 
+import signal
 import statistics
 import time
 
@@ -131,3 +133,31 @@ def matmul_tflops() -> float:
         a @ a
     ms = statistics.median(cuda_ms(lambda: a @ a) for _ in range(10))
     return 2 * 8192 ** 3 / ms * 1e3
+
+
+def cuda_bytes() -> tuple[int, int]:
+    """(allocated now, peak since the last reset); zeros on CPU."""
+    return (torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()) if DEVICE == "cuda" else (0, 0)
+
+
+class CompileTimeout(BaseException):
+    """The compile limit was reached. Not an Exception: torch's compile paths catch those and carry on (eagerly),
+    so a timeout raised inside them would be swallowed and the step reported as compiled."""
+
+
+class time_limit:
+    """Raise CompileTimeout in the main thread after `seconds` (SIGALRM; the compile runs in the main thread)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __enter__(self):
+        def stop(*_):
+            raise CompileTimeout(f"compile limit of {self.seconds:.0f} s reached")
+
+        self.old = signal.signal(signal.SIGALRM, stop)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+
+    def __exit__(self, *exc):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self.old)

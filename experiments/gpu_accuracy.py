@@ -5,7 +5,7 @@ on the same held-out prompts. Produced docs/results/qwen/ and the shipped `<mode
     python experiments/gpu_accuracy.py eval --model GGUF --name NAME --state DIR --out DIR --deadline EPOCH_S
     python experiments/gpu_accuracy.py plans --state DIR --out DIR --policies NAME,...   # plan files, no model
     python experiments/gpu_accuracy.py prompts --model GGUF --name NAME --state DIR --out DIR  # --state/prompts.pt
-    python experiments/gpu_accuracy.py ... --smoke        # tiny sizes, to check the script on CPU
+    python experiments/gpu_accuracy.py ... --smoke        # tiny sizes (size flags ignored), to check a job on CPU
 
 calibrate (one call): the `method="robust"` profile (timed: that is the calibration cost) and plans at 50%, 33%
 and 25% retrieval layers; DuoAttention head gates (one gate per KV head, distilled on the same calibration data)
@@ -40,7 +40,6 @@ import zigzag_attn as zz
 from zigzag_attn.data.calibration import calibration_groups
 from zigzag_attn.data.passkey import Sample
 from zigzag_attn.data.texts import load_text
-from zigzag_attn.eval import all_streaming, random_sets
 from zigzag_attn.eval.tasks import make
 from zigzag_attn.model_info import describe
 from zigzag_attn.models import load, load_tokenizer
@@ -48,26 +47,13 @@ from zigzag_attn.profile import measure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hybrid_policies as hp  # noqa: E402
+import matrix_policies as mp  # noqa: E402
 
-RATIOS = (0.5, 0.33, 0.25)
 GENRES = ("technical", "legal")
 FULL = dict(length=8192, samples=4, candidates=6, gate_steps=100, gate_samples=4, gate_len=4096,
             lengths=(4096, 8192, 16384, 32768), n=24, randoms=5, sink=64, window=256)
 SMOKE = dict(length=512, samples=1, candidates=2, gate_steps=3, gate_samples=1, gate_len=512, lengths=(384, 512), n=2,
              randoms=2, sink=4, window=32)
-TASKS = ("multikey", "multivalue", "vartrack", "niah", "passkey", "commonwords")
-PRIORITY = [  # (policies, tasks) chunks, most needed first; every length of --lengths
-    (["full", "zigzag@0.5", "duo@0.5", "streaming", "zigzag@0.25", "duo@0.25"], TASKS),
-    ([f"random-{i}@0.5" for i in range(1, 6)], TASKS),
-    (["default@0.5", "default@0.25"], TASKS),  # `zigzag-attn calibrate`'s device default, when made (gpu_jobs.sh)
-    (["zigzag@0.33", "duo@0.33", "ablation@0.5", "ablation@0.25"], TASKS),
-    ([f"random-{i}@0.25" for i in range(1, 6)], TASKS),
-    # the frontier (issue #16): hybrids at zigzag@r's KV; m = 1 copies zigzag@r's rows (an identical plan)
-    ([f"hybrid-m{m}@{r}" for m in (2, 4, 1) for r in hp.RATIOS], hp.TASKS),
-    ([f"hybrid-m{m}-s8@{r}" for m in (2, 4) for r in hp.RATIOS], hp.TASKS),
-    ([f"{p}@{r}" for p in ("layergates", "gatemean", "gatemax") for r in RATIOS], TASKS),  # issue #14's gate candidates
-]
-FRONTIER = ["full", *(f"{p}@{r}" for r in hp.RATIOS for p in ("zigzag", "duo", *hp.NAMES))]
 
 
 def log(msg: str) -> None:
@@ -114,7 +100,7 @@ def robust(args, cfg, model, tok, state: Path, out: Path) -> None:
     log(f"robust profile: {seconds:.1f} s; ranking {scores.meta['ranking']}; "
         f"validation {scores.meta.get('validation', {}).get('worst_loss_rise')}")
     scores.save(state / "robust_scores.json")
-    for r in RATIOS:
+    for r in mp.RATIOS:
         plan = zz.solve(scores, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
         prov = {**plan.provenance, "command": "python " + shlex.join(sys.argv), "model_name": args.name,
                 "method": "robust", "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
@@ -141,62 +127,6 @@ def gates(cfg, model, tok, state: Path, out: Path, granularity: str = "head") ->
         f"{len(data)} prompts, mean change of a gate {scores.meta['mean_change']:.2f}")
     for d in (state, out):
         scores.save(d / ("head_scores.json" if granularity == "head" else "layer_gates.json"))
-
-
-def policies(cfg, info: zz.ModelInfo, state: Path) -> dict[str, zz.Plan | None]:
-    heads = zz.Scores.load(state / "head_scores.json")
-    robust = zz.Scores.load(state / "robust_scores.json")
-    # the plain-ablation baseline: the worst-task loss rise of each layer streaming alone, recorded by the robust
-    # profile; the layers whose streaming hurts most stay retrieval
-    rise = torch.tensor(robust.meta["ablation"])
-    ablation = zz.Scores(rise[:, None].expand(-1, info.num_kv_heads), rise, model=info, method="ablation-worst-task")
-    out: dict[str, zz.Plan | None] = {"full": None, "streaming": all_streaming(info, sink=cfg["sink"],
-                                                                                  window=cfg["window"]).plan}
-    # issue #14's candidates from the distillation objective: the head gates' mean per layer (the layer scores
-    # train_gates records with head gates), their max per layer (a layer with one decisive head stays full: the
-    # 1.5B's mean hid it, docs/results.md), and layer gates
-    top = torch.as_tensor(heads.heads).float()
-    gatemax = zz.Scores(top, top.max(dim=1).values, model=heads.model, method="gates-max-per-layer")
-    layer_gates = zz.Scores.load(state / "layer_gates.json") if (state / "layer_gates.json").exists() else None
-    for r in RATIOS:
-        plan = zz.Plan.load(_plan_file(state, r))
-        out[f"zigzag@{r}"] = plan
-        out[f"gatemean@{r}"] = zz.solve(heads, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
-        out[f"gatemax@{r}"] = zz.solve(gatemax, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
-        if layer_gates is not None:
-            out[f"layergates@{r}"] = zz.solve(layer_gates, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
-        # equal KV: the same number of retrieval heads, so the budget is equal at every length
-        out[f"duo@{r}"] = zz.solve_heads(heads, kv_budget=plan.kv_fraction(max(cfg["lengths"])),
-                                         context_length=max(cfg["lengths"]), sink=plan.sink, window=plan.window)
-        out[f"ablation@{r}"] = zz.solve(ablation, retrieval_ratio=r, sink=cfg["sink"], window=cfg["window"])
-        made = state / "default" / f"plan_{r}.json"  # `zigzag-attn calibrate MODEL --retrieval-ratio r`
-        if made.exists():
-            out[f"default@{r}"] = zz.Plan.load(made)
-        for i, p in enumerate(random_sets(info, cfg["randoms"], r, seed=17, sink=cfg["sink"],
-                                              window=cfg["window"]), 1):
-            out[f"random-{i}@{r}"] = p.plan
-    out.update(hp.hybrids(robust, heads, {r: out[f"zigzag@{r}"] for r in hp.RATIOS}, max(cfg["lengths"])))
-    return out
-
-
-def write_plans(cfg, state: Path, out: Path, names: list[str]) -> None:
-    """`out/NAME.json` ('@' written '_') for each named policy but "full" (no plan), from the state's scores."""
-    plans = policies(cfg, zz.Scores.load(state / "robust_scores.json").model, state)
-    unknown = [n for n in names if n not in plans]
-    if unknown:
-        raise SystemExit(f"unknown policies {unknown}; known: {', '.join(plans)}")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        if plans[name] is not None:
-            plans[name].save(out / f"{name.replace('@', '_')}.json")
-            log(f"{name:>16}: {plans[name].describe()}")
-
-
-def _plan_file(state: Path, r: float) -> Path:
-    found = list(state.glob(f"*_{r}.json"))
-    if len(found) != 1:
-        raise FileNotFoundError(f"expected one calibrated plan for ratio {r} in {state}; found {found}")
-    return found[0]
 
 
 def prompts(cfg, tok, tasks, lengths, workers: int = 1, store: Path | None = None) -> dict[tuple[str, int], list]:
@@ -237,9 +167,10 @@ def _cell(job):
 
 
 def evaluate(args, cfg, model, tok, state: Path, out: Path, cache: dict) -> None:
-    """Every policy on the prompts of `cache` ((task, length) -> samples), in PRIORITY order, until --deadline."""
-    plans = policies(cfg, describe(model), state)
-    known = {n for names, _ in PRIORITY for n in names} & set(plans)
+    """Every policy on the prompts of `cache` ((task, length) -> samples), in matrix_policies.PRIORITY order,
+    until --deadline."""
+    plans = mp.policies(cfg, describe(model), state)
+    known = set(mp.KNOWN) & set(plans)
     unknown = sorted(set(args.policies.split(",")) - known) if args.policies else []
     if unknown:  # a misspelt or unavailable policy would otherwise be skipped without a word
         raise SystemExit(f"--policies: no such policy here: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -256,7 +187,7 @@ def evaluate(args, cfg, model, tok, state: Path, out: Path, cache: dict) -> None
                 fh.write(json.dumps(row) + "\n")
 
     lengths = list(cfg["lengths"])
-    for names, tasks in PRIORITY:
+    for names, tasks in mp.PRIORITY:
         for name in names:
             if name not in plans or (args.policies and name not in args.policies.split(",")):
                 continue
@@ -326,6 +257,7 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, help="robust profile: layers tried per greedy round (default 6)")
     ap.add_argument("--gate-steps", type=int, help="head gates: training steps (default 100; DuoAttention uses 2000)")
     ap.add_argument("--gate-samples", type=int, help="head gates: prompts per calibration task (default 4)")
+    ap.add_argument("--randoms", type=int, help=f"random layer sets per ratio (default 5, at most {mp.MAX_RANDOMS})")
     ap.add_argument("--n", type=int, help="eval prompts per genre and cell (default 24: n = 48 per cell)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--cache", help="a directory for a plain bf16 copy of the model (made by the first call)")
@@ -335,28 +267,27 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     cfg = dict(SMOKE if args.smoke else FULL)
-    if args.lengths:
-        cfg["lengths"] = tuple(int(x) for x in args.lengths.split(","))
-    if args.calib_length:
-        cfg["length"] = cfg["gate_len"] = args.calib_length
-    if args.n:
-        cfg["n"] = args.n
-    if args.candidates:
-        cfg["candidates"] = args.candidates
-    for key in ("gate_steps", "gate_samples"):
-        if getattr(args, key):
-            cfg[key] = getattr(args, key)
+    if args.randoms is not None and not 0 <= args.randoms <= mp.MAX_RANDOMS:
+        ap.error(f"--randoms must be 0..{mp.MAX_RANDOMS}; got {args.randoms}")
+    sizes = {"lengths": args.lengths and tuple(int(x) for x in args.lengths.split(",")), "n": args.n,
+             "length": args.calib_length, "gate_len": args.calib_length, "candidates": args.candidates,
+             "gate_steps": args.gate_steps, "gate_samples": args.gate_samples}
+    if not args.smoke:  # --smoke: tiny sizes whatever a job asks for (it checks the job's logic, on CPU)
+        cfg.update({k: v for k, v in sizes.items() if v is not None})
+    if args.randoms is not None:  # the policies a job names must exist, smoke or not
+        cfg["randoms"] = args.randoms
     state, out = Path(args.state), Path(args.out)
     if args.command == "plans":
-        return write_plans(cfg, state, out / "plans", args.policies.split(",") if args.policies else FRONTIER)
+        names = args.policies.split(",") if args.policies else mp.FRONTIER
+        return mp.write_plans(cfg, state, out / "plans", names, log)
     if not (args.model and args.name):
         ap.error(f"{args.command} needs --model and --name")
-    names = {n for ns, _ in PRIORITY for n in ns}
+    names = set(mp.KNOWN)
     if args.policies and set(args.policies.split(",")) - names:  # before any slow work; availability: evaluate
         ap.error(f"--policies: unknown {', '.join(sorted(set(args.policies.split(',')) - names))}")
-    if args.tasks and set(args.tasks.split(",")) - set(TASKS):
-        bad = ", ".join(sorted(set(args.tasks.split(",")) - set(TASKS)))
-        ap.error(f"--tasks: unknown {bad} (known: {', '.join(TASKS)})")
+    if args.tasks and set(args.tasks.split(",")) - set(mp.TASKS):
+        bad = ", ".join(sorted(set(args.tasks.split(",")) - set(mp.TASKS)))
+        ap.error(f"--tasks: unknown {bad} (known: {', '.join(mp.TASKS)})")
     state.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -364,7 +295,7 @@ def main() -> None:
         model, tok = load_model(args)
         log(f"loaded {args.name} in {time.perf_counter() - t:.1f} s on {args.device}")
         return calibrate(args, cfg, model, tok, state, out)
-    tasks = [t for t in TASKS if not args.tasks or t in args.tasks.split(",")]
+    tasks = [t for t in mp.TASKS if not args.tasks or t in args.tasks.split(",")]
     cells = prompts(cfg, load_tokenizer(model_source(args)), tasks, cfg["lengths"], args.workers, state / "prompts.pt")
     log(f"{sum(map(len, cells.values()))} prompts built in {time.perf_counter() - t:.1f} s ({args.workers} workers)")
     if args.command == "prompts":  # only fill --state/prompts.pt, for later calls (or processes) to read

@@ -19,8 +19,10 @@
 # q15k + q15l + q05d (session of 2026-12-04, 16:37 UTC): the matrix's core cells (eval_log_8_*.txt): the 1.5B's
 # variable tracking for duo@0.25 and the 33% plans, the 25% hybrids and random sets on NIAH / pass key, random sets
 # at 50% on variable tracking; the 0.5B's 33% rows on NIAH / pass key / variable tracking and random sets at 25%.
-# Ready for the next session: JOBS="q15k q15l q05d" again (each goes on where it stopped); finished rows are skipped.
-#   bash experiments/gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15j|q15k|q15l|q05a|q05b|q05c|q05d BG_END   # one job; evaluation chunks end before BG_END (epoch s)
+# Ready for the next session (none of them run yet): sm + sm2 + sm3, SmolLM2's matrix on held-out genres (issue #14's
+# SmolLM2 targets, the best of 20 random sets; issue #16's frontier); q15m, the 1.5B's hybrids at 50% and gatemax@r
+# beyond multi-key / multi-value; q05d again (it goes on where it stopped; finished rows are skipped).
+#   bash experiments/gpu_jobs.sh q15|...|q15m|q05a|q05b|q05c|q05d|sm|sm2|sm3 BG_END   # one job; evaluation chunks end before BG_END (epoch s)
 #   bash experiments/gpu_jobs.sh watch END              # follow the jobs until END or until they all ended;
 #                                                       # then pack $S/out into $OUT/results.tgz
 # Each job keeps its own --state (no two processes append to one file); the 0.5B jobs start from the recorded
@@ -32,6 +34,9 @@ A="experiments/gpu_accuracy.py ${ZZ_EXTRA:-}"  # ZZ_EXTRA="--smoke --device cpu"
 job=$1 until=$2
 q05=(--model $M/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-0.5b)
 q15=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/q15 --out $S/out/q15)
+SM=${ZZ_SMOLLM2:-$M/SmolLM2-135M-Instruct.Q4_1.gguf}  # 8k context: 2k-8k prompts, calibration at 8000 tokens
+sm=(--model $SM --name smollm2-135m --lengths 2048,4096,8000 --calib-length 8000 --randoms 20)
+SMT=multikey,multivalue,vartrack,niah,passkey  # SmolLM2's tasks: common words is at the floor for every model
 KEY=multikey,multivalue,niah,passkey
 log() { echo "[$(date +%H:%M:%S)] $job: $*"; }
 default_plans() {  # issue #14: `zigzag-attn calibrate`'s device default (method "attention" + refine) beside robust
@@ -52,6 +57,12 @@ shared_prompts() {  # the prompts q05a builds (one tokenizer for both Qwen model
     sleep 5
   done
   [ -f $S/$1/prompts.pt ] || cp $S/q05a/prompts.pt $S/$1/ 2>/dev/null
+}
+r20() { seq -s, -f "random-%g@$1" 1 20; }  # r20 R: random-1@R,...,random-20@R
+sm_seed() {  # sm_seed NAME: a state of its own, from sm's calibration (waits until sm has made it)
+  while [ ! -f $S/sm/calibrated.done ] && [ $(date +%s) -lt $until ]; do sleep 10; done
+  mkdir -p $S/$1 $S/out/$1
+  [ -f $S/$1/head_scores.json ] || cp -r $S/sm/*.json $S/sm/prompts.pt $S/sm/default $S/sm/cpu $S/$1/
 }
 q15s() {  # q15s NAME: into the array a, the 1.5B's arguments with a state, output and bf16 copy of its own
   a=(--model $M/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --name qwen2.5-coder-1.5b --state $S/$1 --out $S/out/$1
@@ -152,6 +163,41 @@ case $job in
     chunks a "multivalue random-5@0.25" "niah,passkey random-4@0.25,random-5@0.25" \
       "vartrack random-1@0.5,random-2@0.5,random-3@0.5,random-4@0.5,random-5@0.5" \
       "multikey,multivalue gatemax@0.5,gatemax@0.25" ;;
+  q15m)  # issue #16's 50% hybrids on NIAH, pass key and variable tracking, then gatemax@r beyond multi-key and
+         # multi-value (issue #14) and the hybrids' variable tracking at 25%
+    seed q15m docs/results/qwen15
+    q15s q15m
+    chunks a "niah,passkey,vartrack hybrid-m2@0.5,hybrid-m4@0.5" "niah,passkey,vartrack gatemax@0.5,gatemax@0.25" \
+      "vartrack hybrid-m2@0.25,hybrid-m4@0.25" ;;
+  sm)  # SmolLM2 (issues #14 and #16): prompts; the robust profile (alone: its time is reported), then head and
+       # layer gates side by side; `zigzag-attn calibrate`'s device-default plans; the CPU robust plan of docs/results.md as cpu@0.5; then the
+       # matrix's main policies, the shipped and other-device plans, the hybrids and the gate candidates
+    a=("${sm[@]}" --state $S/sm --out $S/out/sm)
+    mkdir -p $S/sm/cpu $S/out/sm
+    cp docs/results/smollm2_robust_cpu_plan.json $S/sm/cpu/plan_0.5.json
+    python $A prompts "${a[@]}" --workers 12 2>&1 | grep --line-buffered -v Warning
+    if [ ! -f $S/sm/layer_gates.json ]; then
+      log "calibrate: the robust profile alone (its time is the calibration cost), then both gates beside each other"
+      python $A calibrate "${a[@]}" --part robust > $S/out/sm/robust_log.txt 2>&1
+      grep -v Warning $S/out/sm/robust_log.txt | grep -v "it/s\]" | tail -6
+      gate_run gates $S/out/sm/gates_log.txt "${a[@]}" &
+      gate_run layergates $S/out/sm/layer_gates_log.txt "${a[@]}" &
+      wait
+    fi
+    default_plans sm $SM
+    touch $S/sm/calibrated.done
+    chunks a "$SMT full,zigzag@0.5,duo@0.5,streaming,zigzag@0.25,duo@0.25" "$SMT zigzag@0.33,duo@0.33" \
+      "$SMT shipped@0.5,shipped@0.33,shipped@0.25,cpu@0.5,default@0.5,default@0.25" \
+      "$SMT hybrid-m2@0.5,hybrid-m4@0.5,hybrid-m2@0.25,hybrid-m4@0.25" \
+      "$SMT layergates@0.5,layergates@0.33,layergates@0.25,gatemax@0.5,gatemax@0.25,ablation@0.5,ablation@0.25" ;;
+  sm2)  # beside sm: the best of 20 random layer sets at 50% (issue #14: never below the best random set)
+    sm_seed sm2
+    a=("${sm[@]}" --state $S/sm2 --out $S/out/sm2)
+    chunks a "$SMT $(r20 0.5)" ;;
+  sm3)  # beside sm: the best of 20 random sets at 25% and 33%
+    sm_seed sm3
+    a=("${sm[@]}" --state $S/sm3 --out $S/out/sm3)
+    chunks a "$SMT $(r20 0.25)" "$SMT $(r20 0.33)" ;;
   q05d)  # the 0.5B's core cells still missing: the 33% plans on NIAH, pass key and variable tracking, random sets
          # at 25%, then the hybrids whose plans changed with the 1,000-step gates
     seed q05d docs/results/qwen
@@ -187,15 +233,16 @@ case $job in
   watch)
     jobs=$(cd $S/jobs && ls *.log 2>/dev/null | sed 's/\.log$//')
     pack() { cp $S/jobs/*.log $S/out/ 2>/dev/null; tar czf $OUT/results.tgz -C $S out; }
-    while [ $(date +%s) -lt $(( until - 20 )) ] && pgrep -f "gpu_jobs.sh q" > /dev/null; do
+    while [ $(date +%s) -lt $(( until - 20 )) ] && pgrep -f "gpu_jobs.sh [qs]" > /dev/null; do
       sleep 60
       for j in $jobs; do echo "$j: $(grep -a '^\[' $S/jobs/$j.log 2>/dev/null | tail -1 | cut -c1-150)"; done
       pack  # every minute: a call cut off by its time limit still brings back what was done
     done
-    pgrep -f "gpu_jobs.sh q" > /dev/null || echo "all jobs ended"
+    pgrep -f "gpu_jobs.sh [qs]" > /dev/null || echo "all jobs ended"
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
     pack && ls -la $OUT/results.tgz
     for j in $jobs; do echo "== $j"; grep -v "it/s\]" $S/jobs/$j.log | tail -8 | cut -c1-200; done ;;
-  *) echo "usage: gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15j|q15k|q15l|q05a|q05b|q05c|q05d BG_END | watch END" >&2; exit 2 ;;
+  *) echo "usage: gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15j|q15k|q15l|q15m|q05a|q05b|q05c|q05d|sm|sm2|sm3 BG_END | watch END" >&2
+     exit 2 ;;
 esac
 log "ended"

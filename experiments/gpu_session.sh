@@ -23,6 +23,8 @@
 #   bash experiments/gpu_session.sh timing15 # after the jobs: 1.5B prefill / eager / compiled decode (bench.py);
 #                                            # PARTS=compiled CONTEXTS=32768,8192 BATCHES=1: the compiled part alone
 #   bash experiments/gpu_session.sh throughput15 # issue #17 on the real 1.5B: throughput.py at the memory limit
+#   bash experiments/gpu_session.sh frontiersm   # issue #16 on SmolLM2 (after JOBS="sm sm2 sm3"): compiled decode of
+#                                                # its 50% / 25% zigzag, hybrid and duo plans and full, interleaved
 # State (plans, scores, finished rows) stays under /root/zz-state while the machine is held; results go to $OUT.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -84,7 +86,7 @@ case $1 in
   frontier15)  # issue #16 on the 1.5B: compiled decode of zigzag@R, its hybrids and duo@R (R=0.25 by default, where
                # the 4-layer hybrid beat the head plan: docs/results.md) and full, 8k/32k B=1, interleaved; a last
                # stage adds zigzag@0.5, hybrid-m2@0.5 and duo@0.5 where the budget leaves room
-    pkill -f "[g]pu_jobs.sh q"; pkill -f "[g]pu_accuracy.py"; sleep 3  # alone on the GPU
+    pkill -f "[g]pu_jobs.sh [qs]"; pkill -f "[g]pu_accuracy.py"; sleep 3  # alone on the GPU
     mkdir -p $S/q15; [ -f $S/q15/head_scores.json ] || cp docs/results/qwen15/*.json $S/q15/
     r=${R:-0.25}; P=$S/q15f/plans; t=$OUT/t15_$r; mkdir -p $t
     python experiments/gpu_accuracy.py plans --state $S/q15 --out $S/q15f \
@@ -97,6 +99,21 @@ case $1 in
       --contexts 8192,32768 --batches 1 --plans "$plans" --reference zigzag@$r --steps 24 --rounds 6 \
       --budget-s $(( end - $(date +%s) - 75 )) > $t/log.txt 2>&1
     echo "bench_plans rc=$?"; grep -v '^{' $t/log.txt | grep -vi warning | tail -24 ;;
+  frontiersm)  # issue #16 on SmolLM2, after gpu_jobs.sh sm: compiled decode of zigzag@r, hybrid-m2/m4@r and duo@r
+               # (r = 0.5, then 0.25) and full at 8k, B = 1 and 32 (a 135M model's step at B = 1 is mostly host
+               # time), interleaved; plans from sm's state, duo@r at the matrix's KV (its lengths: 2k-8k)
+    pkill -f "[g]pu_jobs.sh [qs]"; pkill -f "[g]pu_accuracy.py"; sleep 3
+    P=$S/smf/plans; t=$OUT/tsm; mkdir -p $t
+    python experiments/gpu_accuracy.py plans --state $S/sm --out $S/smf --lengths 2048,4096,8000 \
+      --policies zigzag@0.5,hybrid-m2@0.5,hybrid-m4@0.5,duo@0.5,zigzag@0.25,hybrid-m2@0.25,hybrid-m4@0.25,duo@0.25 \
+      | tail -8
+    f() { for p in "$@"; do [ $p = full ] && printf 'full=full,' || printf '%s=%s/%s.json,' $p $P ${p/@/_}; done; }
+    plans="$(f zigzag@0.5 hybrid-m2@0.5 duo@0.5 full);$(f zigzag@0.25 hybrid-m2@0.25 duo@0.25);$(f hybrid-m4@0.5 hybrid-m4@0.25)"
+    plans=${plans//,;/;}; plans=${plans%,}  # groups (stages): the 50% target pair and its baselines first
+    timeout -k 15 $(( end - $(date +%s) - 30 )) python benchmarks/bench_plans.py --model $M/SmolLM2-135M-Instruct.Q4_1.gguf \
+      --out $t --contexts 8192 --batches 1,32 --plans "$plans" --reference zigzag@0.5 --steps 24 --rounds 6 \
+      --budget-s $(( end - $(date +%s) - 75 )) > $t/log.txt 2>&1
+    echo "bench_plans rc=$?"; grep -v '^{' $t/log.txt | grep -vi warning | tail -24 ;;
   launch)  # detached (setsid) jobs outlive this call; the machine stays held while calls keep coming
     : "${BG_END:?BG_END (seconds since the epoch) ends the background evaluation}"
     mkdir -p $S/jobs $S/code; rm -rf $S/code/*
@@ -107,7 +124,7 @@ case $1 in
     sleep 5; bash experiments/gpu_jobs.sh watch "$end" ;;
   watch) bash experiments/gpu_jobs.sh watch "$end" ;;
   timing15)  # alone on the GPU: stop whatever job is left first
-    pkill -f "[g]pu_jobs.sh q"; pkill -f "[g]pu_accuracy.py"; sleep 3
+    pkill -f "[g]pu_jobs.sh [qs]"; pkill -f "[g]pu_accuracy.py"; sleep 3
     p=$S/q15/qwen2.5-coder-1.5b_0.5.json; [ -f $p ] || p=qwen2.5-coder-1.5b@0.5; w=$(q15w)  # else the shipped plan
     timeout -k 15 $(( end - $(date +%s) - 25 )) python benchmarks/bench.py --model $w --zigzag-plan $p \
       --parts ${PARTS:-prefill,eager,compiled} --contexts ${CONTEXTS:-8192,32768} --batches ${BATCHES:-1,8} \
@@ -117,7 +134,7 @@ case $1 in
   throughput15)  # issue #17 on the real 1.5B, alone: the largest batch, decode tokens/s and prefill. Two calls:
                  # the defaults (32k compiled, host time), then CONTEXTS=32768,8192,131072 POLICIES=fullk,zigzag,mixed,full
                  # TAG=b (fullk compiled at 32k, every policy eager at 8k and 128k; 32k rows of the first call stay)
-    pkill -f "[g]pu_jobs.sh q"; pkill -f "[g]pu_accuracy.py"; sleep 3
+    pkill -f "[g]pu_jobs.sh [qs]"; pkill -f "[g]pu_accuracy.py"; sleep 3
     t=$OUT/tp15${TAG:-}; mkdir -p $t
     timeout -k 15 $(( end - $(date +%s) - 25 )) python benchmarks/throughput.py --model $(q15w) \
       --zigzag-plan qwen2.5-coder-1.5b@0.5 --contexts ${CONTEXTS:-32768} --compiled-contexts 32768 \
@@ -125,6 +142,6 @@ case $1 in
       --budget-s $(( end - $(date +%s) - 70 )) --compile-limit-s 170 --compile-min-s 45 --out $t \
       > $t/log.txt 2>&1; echo "throughput rc=$?"
     python benchmarks/throughput.py --report $OUT/tp15*/throughput.jsonl --png $t/throughput.png ;;
-  *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b|frontier05e|frontier15|launch|watch|timing15|throughput15" >&2
+  *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b|frontier05e|frontier15|frontiersm|launch|watch|timing15|throughput15" >&2
      exit 2 ;;
 esac

@@ -20,7 +20,7 @@ MIXED = (1, 2, 4)
 RATIOS = (0.5, 0.25)
 VARIANTS = (("", 1.0, MIXED), ("-s8", 8.0, (2, 4)))  # (name suffix, sharpness of the head shares, m values)
 NAMES = [f"hybrid-m{m}{suffix}" for suffix, _, ms in VARIANTS for m in ms]
-TASKS = ("multikey", "multivalue", "niah", "passkey")
+TASKS = ("multikey", "multivalue", "niah", "passkey", "vartrack")  # every task whose full score is above the floor
 
 
 def kv_heads(plan: zz.Plan) -> int:

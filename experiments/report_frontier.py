@@ -39,16 +39,16 @@ def ratio_of(policy: str) -> str | None:
     return m.group(1) if m else None
 
 
-def timing(rows: list[dict]) -> dict:
+def timing(rows: list[dict], batch: int = BATCH) -> dict:
     """{"ms": {(policy, n): ms}, "vs": {(policy, n): ([every stage's ratio, in order], reference)},
-    "bytes": {(policy, n): KV bytes at B=1}} at batch BATCH; context keys are ints. A later row (stage) for a point
+    "bytes": {(policy, n): KV bytes at B=1}} at `batch`; context keys are ints. A later row (stage) for a point
     replaces an earlier one in "ms"; "vs" keeps every stage's ratio, the last one current, so a table can show how
     they spread."""
     out: dict[str, dict] = {"ms": {}, "vs": {}, "bytes": {}}
     for r in rows:
-        if r["part"] == "compiled" and "ms" in r and r["batch"] == BATCH:
+        if r["part"] == "compiled" and "ms" in r and r["batch"] == batch:
             out["ms"][r["policy"], r["n"]] = r["ms"]
-        elif r["part"] == "ratio" and r["batch"] == BATCH:
+        elif r["part"] == "ratio" and r["batch"] == batch:
             ratios, _ = out["vs"].get((r["policy"], r["n"]), ([], None))
             out["vs"][r["policy"], r["n"]] = ([*ratios, r["median"]], r["vs"])
         elif r["part"] == "plan":
@@ -85,12 +85,12 @@ def summary(acc_rows: list[dict], t: dict, policies: list[str]) -> tuple[list[di
     return out, common
 
 
-def table(items: list[dict], common: list[tuple[str, int]]) -> str:
+def table(items: list[dict], common: list[tuple[str, int]], batch: int = BATCH) -> str:
     tasks = sorted({c[0] for c in common})
     contexts = sorted({n for it in items for n in it["ms"]})
     head = (["policy", f"KV at {_k(items[0]['longest'])}", "mean acc"] + [f"{t} ÷ duo" for t in tasks]
             + [f"ms/step {_k(n)}" for n in contexts] + [f"÷ zigzag {_k(n)}" for n in contexts])
-    timed = f"decode at B={BATCH}, compiled." if contexts else "decode not timed."
+    timed = f"decode at B={batch}, compiled." if contexts else "decode not timed."
     lines = [f"Accuracy over {len(common)} common cells ({cell_names(common)}); {timed}", "",
              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for it in items:
@@ -134,7 +134,7 @@ def _f(x, digits: int) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def png(items: list[dict], path: str, title: str, context: int | None) -> None:
+def png(items: list[dict], path: str, title: str, context: int | None, batch: int = BATCH) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,7 +163,7 @@ def png(items: list[dict], path: str, title: str, context: int | None) -> None:
     # a legend, not labels by the points: policies at one KV budget share x and their labels would overlap
     axes[1].legend(fontsize=7, loc="lower right", ncol=2)
     if context:
-        axes[0].set_xlabel(f"compiled decode ms/step at {context} tokens, B={BATCH}")
+        axes[0].set_xlabel(f"compiled decode ms/step at {context} tokens, B={batch}")
         axes[0].set_ylabel("mean accuracy (common cells)")
     else:  # not timed: the accuracy per task instead, where plans that tie on the mean can part
         tasks = sorted({t for it in shown for t in it["task_acc"]})
@@ -192,19 +192,20 @@ def main() -> None:
     ap.add_argument("--timing", nargs="*", default=[], help="bench_plans.py bench_plans.jsonl files")
     ap.add_argument("--policies", default=",".join(DEFAULT))
     ap.add_argument("--png")
+    ap.add_argument("--batch", type=int, default=BATCH, help="the timed batch to report (bench_plans.py --batches)")
     args = ap.parse_args()
     acc = list({(r["policy"], r["task"], r["length"]): r for r in read(args.matrix)}.values())
     models = sorted({r["model"] for r in acc})
     if len(models) != 1:
         raise SystemExit(f"the matrix rows are of {len(models)} models ({models}); give one model's rows")
-    t = timing(read(args.timing))
+    t = timing(read(args.timing), args.batch)
     items, common = summary(acc, t, args.policies.split(","))
     if not common:
         raise SystemExit("no (task, length) cell was run by every listed policy; narrow --policies")
-    print(table(items, common))
+    print(table(items, common, args.batch))
     if args.png:
         context = max((n for _, n in t["ms"]), default=None)
-        png(items, args.png, f"{models[0]}: accuracy vs decode time and KV (held-out genres)", context)
+        png(items, args.png, f"{models[0]}: accuracy vs decode time and KV (held-out genres)", context, args.batch)
 
 
 if __name__ == "__main__":

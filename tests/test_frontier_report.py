@@ -116,3 +116,16 @@ def test_matrix_report_adds_a_wider_summary_for_the_matrix_policies(tmp_path):
     assert "| duo@0.5 | 4 | 0.750 |" in second and "| layergates" not in second
     path.write_text("".join(json.dumps(r) + "\n" for r in made if r["task"] == "a"))  # every policy ran every cell
     assert text.count("**Summary**") == 2 and rm.tables(rm.load(str(path))).count("**Summary**") == 1
+
+
+def test_timing_reports_the_batch_asked_for():
+    # bench_plans.py --batches 1,32 (SmolLM2's frontiersm): each batch's rows apart, never mixed into one column
+    rows = []
+    for batch, ms in ((1, 2.0), (32, 9.0)):
+        rows += [{"part": "compiled", "policy": "zigzag@0.5", "n": 8192, "batch": batch, "ms": ms},
+                 {"part": "ratio", "policy": "duo@0.5", "n": 8192, "batch": batch, "median": ms / 8,
+                  "vs": "zigzag@0.5"}]
+    assert rf.timing(rows)["ms"] == {("zigzag@0.5", 8192): 2.0}
+    assert rf.timing(rows, batch=32)["ms"] == {("zigzag@0.5", 8192): 9.0}
+    assert rf.timing(rows, batch=32)["vs"] == {("duo@0.5", 8192): ([9.0 / 8], "zigzag@0.5")}
+    assert rf.timing(rows, batch=8) == {"ms": {}, "vs": {}, "bytes": {}}

@@ -1,5 +1,6 @@
 """experiments/hybrid_policies.py on the recorded Qwen 0.5B state (docs/results/qwen): hybrids at zigzag@r's KV,
-m = 0 is zigzag@r, identical plans are found; gpu_accuracy.py's `plans` step writes loadable files."""
+m = 0 is zigzag@r, identical plans are found; gpu_accuracy.py's `plans` step writes loadable files;
+matrix_policies.py's plans made elsewhere (shipped, CPU) and up to 20 random sets."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ STATE = ROOT / "docs/results/qwen"
 sys.path.insert(0, str(ROOT / "experiments"))
 import gpu_accuracy  # noqa: E402
 import hybrid_policies as hp  # noqa: E402
+import matrix_policies as mp  # noqa: E402
 
 N = 32768
 
@@ -57,7 +59,7 @@ def test_m0_must_be_the_zigzag_plan():
 
 
 def test_write_plans(tmp_path):
-    gpu_accuracy.write_plans(dict(gpu_accuracy.FULL), STATE, tmp_path, ["full", "duo@0.5", "hybrid-m2@0.25"])
+    mp.write_plans(dict(gpu_accuracy.FULL), STATE, tmp_path, ["full", "duo@0.5", "hybrid-m2@0.25"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["duo_0.5.json", "hybrid-m2_0.25.json"]
     plan = zz.Plan.load(tmp_path / "hybrid-m2_0.25.json")
     assert plan.provenance["equal_kv_to"] == "zigzag@0.25" and hp.retrieval_heads(plan) == 12
@@ -82,9 +84,9 @@ def test_gate_candidates_of_issue_14():
     zigzag plan's size; on the 1.5B's recorded gates they differ (the mean hides a layer's one decisive head)."""
     state = ROOT / "docs/results/qwen15"
     heads = zz.Scores.load(state / "head_scores.json")
-    plans = gpu_accuracy.policies(dict(gpu_accuracy.FULL), heads.model, state)
+    plans = mp.policies(dict(gpu_accuracy.FULL), heads.model, state)
     best = torch.as_tensor(heads.heads).float().max(dim=1).values
-    for r in gpu_accuracy.RATIOS:
+    for r in mp.RATIOS:
         mean, top = plans[f"gatemean@{r}"], plans[f"gatemax@{r}"]
         assert mean.is_layer_exclusive and top.is_layer_exclusive
         assert len(top.retrieval_layers) == len(plans[f"zigzag@{r}"].retrieval_layers)
@@ -97,7 +99,7 @@ def test_gate_candidates_of_issue_14():
 
 def test_gpu_job_scripts_name_known_policies_and_tasks():
     # a misspelt policy or task in a background job would cost a device lease's chunk: caught here instead
-    names = {n for ns, _ in gpu_accuracy.PRIORITY for n in ns}
+    names = set(mp.KNOWN)
     chunk = re.compile(r'"([a-z]+(?:,[a-z]+)*) (?:\$|[a-z0-9-]+@)')  # "TASKS POLICIES" of a job's chunk
     found = {}
     for script in ("gpu_jobs.sh", "gpu_session.sh"):
@@ -106,5 +108,33 @@ def test_gpu_job_scripts_name_known_policies_and_tasks():
         assert used and used <= names, (script, sorted(used - names))
         found[script] = chunk.findall(text)
         tasks = {t for group in found[script] for t in group.split(",")}
-        assert tasks <= set(gpu_accuracy.TASKS), (script, sorted(tasks - set(gpu_accuracy.TASKS)))
+        assert tasks <= set(mp.TASKS), (script, sorted(tasks - set(mp.TASKS)))
     assert len(found["gpu_jobs.sh"]) >= 10  # the pattern still finds the jobs' chunks
+
+
+def test_plans_made_elsewhere_and_twenty_random_sets(tmp_path):
+    """shipped@r is the package's plan for the state's model (the 0.5B's equal the recorded zigzag@r: the same
+    robust calibration), cpu@r a plan file under cpu/; a plan for another model is refused, not evaluated. The
+    first five of 20 random sets are the five the recorded rows were measured on."""
+    state = tmp_path / "state"
+    state.mkdir()
+    for f in STATE.glob("*.json"):
+        (state / f.name).write_bytes(f.read_bytes())
+    heads = zz.Scores.load(state / "head_scores.json")
+    cfg = dict(gpu_accuracy.FULL)
+    five = mp.policies(cfg, heads.model, state)
+    assert hp.key(five["shipped@0.5"]) == hp.key(five["zigzag@0.5"]) and "cpu@0.5" not in five
+    (state / "cpu").mkdir()
+    mine = zz.Plan.from_layers(["retrieval", "streaming"] * 12, sink=64, window=256, model=heads.model)
+    mine.save(state / "cpu" / "plan_0.5.json")
+    twenty = mp.policies({**cfg, "randoms": mp.MAX_RANDOMS}, heads.model, state)
+    assert twenty["cpu@0.5"].modes == mine.modes
+    for r in mp.RATIOS:
+        assert [hp.key(twenty[f"random-{i}@{r}"]) for i in range(1, 6)] == \
+            [hp.key(five[f"random-{i}@{r}"]) for i in range(1, 6)]
+        keys = {hp.key(twenty[f"random-{i}@{r}"]) for i in range(1, mp.MAX_RANDOMS + 1)}
+        assert len(keys) == mp.MAX_RANDOMS and f"random-{mp.MAX_RANDOMS}@{r}" in mp.KNOWN
+    other = zz.Plan.from_layers(["retrieval", "streaming"] * 15, sink=64, window=256)
+    other.save(state / "cpu" / "plan_0.25.json")
+    with pytest.raises(ValueError, match="cpu@0.25 .* does not fit the evaluated model: plan has 30 layers"):
+        mp.policies(cfg, heads.model, state)
