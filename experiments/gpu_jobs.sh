@@ -21,7 +21,8 @@
 # at 50% on variable tracking; the 0.5B's 33% rows on NIAH / pass key / variable tracking and random sets at 25%.
 # Ready for the next session (none of them run yet): sm + sm2 + sm3, SmolLM2's matrix on held-out genres (issue #14's
 # SmolLM2 targets, the best of 20 random sets; issue #16's frontier); q15m, the 1.5B's hybrids at 50% and gatemax@r
-# beyond multi-key / multi-value; q05d again (it goes on where it stopped; finished rows are skipped).
+# beyond multi-key / multi-value; q05d again (it goes on where it stopped; finished rows are skipped). sm, q15m and
+# q05d first measure the candidate plans on a validation split (validate_plans.py: does it predict the matrix?).
 #   bash experiments/gpu_jobs.sh q15|...|q15m|q05a|q05b|q05c|q05d|sm|sm2|sm3 BG_END   # one job; evaluation chunks end before BG_END (epoch s)
 #   bash experiments/gpu_jobs.sh watch END              # follow the jobs until END or until they all ended;
 #                                                       # then pack $S/out into $OUT/results.tgz
@@ -81,6 +82,12 @@ chunks() {  # chunks ARRAY "TASKS POLICIES"...: one eval call per pair, with the
     python $A eval "${args[@]}" --workers 8 --deadline $until --tasks $1 --policies $2 2>&1 \
       | grep --line-buffered -v Warning
   done
+}
+validate() {  # validate LENGTH ARGS...: the candidate plans' worst-task loss rise on a split neither calibration
+              # nor the matrix reads (experiments/validate_plans.py; issue #14), before the job's matrix chunks
+  local n=$1; shift
+  log "validation at $n tokens"
+  python experiments/validate_plans.py run "$@" --length $n ${ZZ_EXTRA:-} 2>&1 | grep -v Warning | tail -40
 }
 case $job in
   q15)
@@ -167,6 +174,7 @@ case $job in
          # multi-value (issue #14) and the hybrids' variable tracking at 25%
     seed q15m docs/results/qwen15
     q15s q15m
+    validate 16384 "${a[@]}"
     chunks a "niah,passkey,vartrack hybrid-m2@0.5,hybrid-m4@0.5" "niah,passkey,vartrack gatemax@0.5,gatemax@0.25" \
       "vartrack hybrid-m2@0.25,hybrid-m4@0.25" ;;
   sm)  # SmolLM2 (issues #14 and #16): prompts; the robust profile (alone: its time is reported), then head and
@@ -186,6 +194,7 @@ case $job in
     fi
     default_plans sm $SM
     touch $S/sm/calibrated.done
+    validate 8000 --model $SM --name smollm2-135m --state $S/sm --out $S/out/sm --lengths 2048,4096,8000
     chunks a "$SMT full,zigzag@0.5,duo@0.5,streaming,zigzag@0.25,duo@0.25" "$SMT zigzag@0.33,duo@0.33" \
       "$SMT shipped@0.5,shipped@0.33,shipped@0.25,cpu@0.5,default@0.5,default@0.25" \
       "$SMT hybrid-m2@0.5,hybrid-m4@0.5,hybrid-m2@0.25,hybrid-m4@0.25" \
@@ -202,6 +211,7 @@ case $job in
          # at 25%, then the hybrids whose plans changed with the 1,000-step gates
     seed q05d docs/results/qwen
     a=("${q05[@]}" --state $S/q05d --out $S/out/q05d --cache $M/q05-bf16)
+    validate 16384 "${a[@]}"
     r5=random-1@0.25,random-2@0.25,random-3@0.25,random-4@0.25,random-5@0.25
     chunks a "niah,passkey,vartrack zigzag@0.33,duo@0.33" "multikey,multivalue $r5" "niah,passkey $r5" \
       "multikey,multivalue,niah,passkey hybrid-m2@0.5,hybrid-m4@0.5,hybrid-m4-s8@0.5,hybrid-m4-s8@0.25" ;;
