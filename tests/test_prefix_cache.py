@@ -116,3 +116,100 @@ def test_greedy_cuts_trials_short_and_chooses_the_same(monkeypatch):
                                  progress=False)
     assert torch.equal(held[0], whole[0]) and held[1]["greedy"] == whole[1]["greedy"]
     assert counted["n"] < every, (counted["n"], every)
+
+
+class _Cache:
+    """A stand-in for `PrefixCache` on one group (its samples: [group name]): a plan's loss is the sum of the group's
+    weights over its streaming layers, plus `pair` where layers 1 and 3 both stream; every measurement is logged."""
+
+    weights: dict[str, dict[int, float]] = {}
+    log: list[tuple[str, frozenset]] = []
+    pair = 0.0
+
+    def __init__(self, model, samples, plan_for, batch_size=1, check=True):
+        self.group, self.exact = samples[0], True
+
+    def prune(self, base, keep=None):
+        pass
+
+    def fill(self, modes, layers):
+        pass
+
+    def measure(self, modes, hold=()):
+        streaming = frozenset(i for i, m in enumerate(modes) if m == "streaming")
+        self.log.append((self.group, streaming))
+        loss = sum(w for i, w in self.weights[self.group].items() if i in streaming)
+        return type("M", (), {"loss": loss + (self.pair if {1, 3} <= streaming else 0.0)})
+
+
+def test_greedy_measures_a_trial_only_while_it_could_still_be_chosen(monkeypatch):
+    """Best first: a trial measures its next group only while its worst rise so far is the lowest (the earliest in
+    the round among equals); so every other trial stops at its first group above the chosen one's worst rise, at
+    or above it when given later, and the choice and record are those of measuring every trial on every group."""
+    weights = {"a": {0: 0.5, 1: 0.1, 2: 0.2, 3: 0.3, 4: 0.2, 5: 0.6},
+               "b": {0: 0.1, 1: 0.4, 2: 0.2, 3: 0.1, 4: 0.3, 5: 0.0},
+               "c": {0: 0.2, 1: 0.2, 2: 0.5, 3: 0.2, 4: 0.2, 5: 0.1}}
+    monkeypatch.setattr(robust, "PrefixCache", _Cache)
+    monkeypatch.setattr(robust, "usable", lambda *a, **k: True)
+    monkeypatch.setattr(_Cache, "weights", weights)
+    monkeypatch.setattr(_Cache, "log", [])
+    monkeypatch.setattr(_Cache, "pair", -0.25)
+    model = tiny_model("llama", layers=6)
+    groups = {g: [g] for g in weights}
+    for candidates in (None, 3):
+        _Cache.log.clear()
+        _, meta = robust.robust_scores(model, groups, sink=SINK, window=WINDOW, keep=0.0, candidates=candidates,
+                                       progress=False)
+
+        def rise(g, streaming):
+            return sum(w for i, w in weights[g].items() if i in streaming) + (-0.25 if {1, 3} <= streaming else 0)
+
+        # the reference: every trial on every group, the first of the lowest in ablation order chosen
+        ablation = [max(rise(g, {i}) for g in groups) for i in range(6)]
+        assert meta["ablation"] == pytest.approx(ablation)
+        chosen, kept = set(), list(range(6))
+        for record in meta["greedy"]:
+            pool = sorted(kept, key=lambda i: (ablation[i], i))[:candidates]
+            worst = [max(rise(g, chosen | {i}) for g in groups) for i in pool]
+            best = min(range(len(pool)), key=worst.__getitem__)
+            assert record == {"streaming": pool[best], "worst_loss_rise": round(worst[best], 5)}
+            # what was measured of each trial this round: the chosen one every group, the others up to the first
+            # group that rules them out, and nothing after it
+            for k, i in enumerate(pool):
+                measured = [g for g, s in _Cache.log if s == frozenset(chosen | {i})]
+                if len(chosen) == 0:
+                    assert len(measured) == 3  # the ablation
+                elif k == best:
+                    assert sorted(measured) == sorted(groups)
+                else:
+                    rises = [rise(g, chosen | {i}) for g in measured]
+                    assert len(set(measured)) == len(measured) >= 1
+                    assert all(r <= worst[best] for r in rises[:-1])
+                    assert rises[-1] > worst[best] or (rises[-1] == worst[best] and k > best)
+            chosen.add(pool[best])
+            kept.remove(pool[best])
+        assert len(meta["greedy"]) == 6
+
+
+def test_ablation_trials_hold_inputs_for_the_greedy_and_it_chooses_the_same(monkeypatch):
+    """The ablation runs its trials from the last layer to the first, each holding its inputs at the layers after
+    it with the lowest scores so far (`AHEAD`), so that the greedy's trial of that layer starts there: the same
+    scores and records as holding none, in fewer decoder-layer calls."""
+    model = tiny_model("llama", seed=4, layers=12)
+    groups = {"x": samples(model, (30, 31), seed=5), "y": samples(model, (40, 22), seed=6),
+              "z": samples(model, (26, 35), seed=7)}
+    calls = {"n": 0}
+    for layer in model.get_decoder().layers:
+        layer.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    runs, held = {}, robust.AHEAD
+    for ahead in (held, 0):
+        monkeypatch.setattr(robust, "AHEAD", ahead)
+        calls["n"] = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            runs[ahead] = robust.robust_scores(model, groups, None, sink=SINK, window=WINDOW, keep=0.25,
+                                               candidates=3, progress=False), calls["n"]
+    ((s1, m1), n1), ((s0, m0), n0) = runs[held], runs[0]
+    assert torch.equal(s1, s0) and m1["greedy"] == m0["greedy"]
+    assert m1["ablation"] == pytest.approx(m0["ablation"], abs=1e-5)
+    assert n1 < n0, (n1, n0)

@@ -4,11 +4,14 @@ With no KV cache, a layer's input depends only on the modes of the layers before
 modes `m` is fixed by `m[:x]`. `PrefixCache` holds such inputs, keyed by `(m[:x], x)` (one `[batch, seq, hidden]`
 tensor per batch), and measures a plan by running only the layers after the deepest one whose input it holds.
 
-`robust_scores`' greedy elimination gains twice over `suffix.Suffix`, which reran each round's base plan:
+`robust_scores`' greedy elimination gains over `suffix.Suffix`, which reran each round's base plan:
 - the next round's base is this round's chosen trial, whose inputs at the next candidates were held, so a base
   is run only as far as a layer nothing held reaches (usually not at all);
 - a trial that streams layer `j` below the layer `c` the base changed at starts at `c`, from the inputs its own
-  trial of the round before held there.
+  trial of the round before held there;
+- full attention's inputs are held at every layer as its loss is measured, and each ablation trial that may become
+  a greedy candidate holds its inputs at the lowest-scored layers after it, where the greedy's first rounds stream:
+  its trials start there until a layer below them is streamed.
 `prune` keeps only what later rounds can use. As in `Suffix`, the first partial measurement is checked against a
 whole forward, and a disagreement makes every later one whole (`.exact` turns False).
 """
@@ -16,7 +19,7 @@ whole forward, and a disagreement makes every later one whole (`.exact` turns Fa
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import torch
 
@@ -70,14 +73,15 @@ class PrefixCache(Suffix):
             self.store = {}
         return checked
 
-    def prune(self, base: Sequence[str]) -> None:
+    def prune(self, base: Sequence[str], keep: Collection[int] | None = None) -> None:
         """Keep only inputs a later plan can use: later plans stream every layer `base` streams and, below any held
-        layer, at most one more (the trial of a round)."""
+        layer, at most one more (the trial of a round); with `keep`, that one more is among the layers of `keep`."""
         base = tuple(base)
 
         def useful(prefix: Modes, x: int) -> bool:
             extra = [i for i in range(x) if prefix[i] != base[i]]
-            return len(extra) <= 1 and all(base[i] == RETRIEVAL and prefix[i] == STREAMING for i in extra)
+            return len(extra) <= 1 and all(base[i] == RETRIEVAL and prefix[i] == STREAMING
+                                           and (keep is None or i in keep) for i in extra)
 
         self.store = {k: v for k, v in self.store.items() if useful(*k)}
 

@@ -14,6 +14,7 @@ others; docs/results.md measures how this generalizes to genres and wordings cal
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from .prefix_cache import PrefixCache
 from .suffix import Suffix, usable
 
 SIZES = (0.5, 1 / 3, 0.25)  # retrieval-layer ratios at which validation compares the rankings
+AHEAD = 6  # layers at which each ablation trial that may become a greedy candidate holds its inputs, memory allowing
 
 
 def group_losses(model, groups: Mapping[str, list[Sample]], plan: Plan | None, batch_size: int) -> dict[str, float]:
@@ -58,18 +60,34 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
     info = describe(model)
     choosable = [i for i in range(info.num_layers) if i not in info.native_sliding]
     start = time.perf_counter()
+    stop = math.floor(keep * len(choosable) + 0.5)
+    # layers that can be a greedy round's candidates: held inputs of other trials are never used
+    reach = len(choosable) - stop + candidates - 1 if candidates else 0
+    samples = [s for v in groups.values() for s in v]
+    # held inputs per sample: full attention's at every layer, and up to AHEAD per ablation trial in `reach`
+    ahead = next((k for k in range(AHEAD if reach else 0, -1, -1)
+                  if usable(model, samples, info.num_layers + k * reach)), None)
     # greedy's first round repeats the ablation's plans: measured once
-    base, worst, worst_from = _worst_rise(model, groups, batch_size, sink=sink, window=window, info=info)
+    base, worst, worst_from = _worst_rise(model, groups, batch_size, sink=sink, window=window, info=info,
+                                          held=ahead is not None)
 
     full = [RETRIEVAL] * info.num_layers
     ablation = torch.zeros(info.num_layers)
     solo = {i: [STREAMING if j == i else m for j, m in enumerate(full)] for i in choosable}
     with tqdm(total=len(choosable) * len(groups), desc="ablating layers", disable=not progress) as bar:
-        worst_from(full, solo, bar)
+        if ahead:
+            # the last layer first, so that each trial can hold its inputs at the layers after it with the lowest
+            # scores so far: the greedy's early rounds stream those, and a later round's trial of that layer then
+            # starts there (the inputs of layers a round streams stay valid until one below them is streamed)
+            for i in reversed(choosable):
+                after = sorted((x for x in choosable if x > i), key=lambda x: (float(ablation[x]), x))
+                worst_from(full, {i: solo[i]}, bar, hold=after[:ahead], keep=after[:reach])
+                ablation[i] = worst(solo[i])
+        else:
+            worst_from(full, solo, bar)
     for i in choosable:
         ablation[i] = worst(solo[i])  # measured just above
 
-    stop = math.floor(keep * len(choosable) + 0.5)
     modes, kept, history = list(full), list(choosable), []
     bar = tqdm(total=len(choosable) - stop, desc="greedy elimination", disable=not progress)
     while len(kept) > stop:
@@ -77,7 +95,7 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
         pool = order[:candidates]
         tried = {i: [STREAMING if j == i else m for j, m in enumerate(modes)] for i in pool}
         # the trials hold their inputs at the next round's candidates (whichever is chosen), so no base reruns
-        # cut=True: a trial already worse than the best one in some group is not measured on the others
+        # cut=True: a trial is measured on its next group only while no other could still be chosen before it
         worst_from(modes, tried, hold=order[:candidates + 2] if candidates else (), cut=True)
         trials = [worst(tried[i], bound=True) for i in pool]
         best = min(range(len(pool)), key=trials.__getitem__)
@@ -118,23 +136,28 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
     return chosen, meta
 
 
-def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, sink: int, window: int, info):
+def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, sink: int, window: int, info,
+                held: bool = False):
     """Full attention's loss per group (measured here), and two functions of layer mode lists, each plan measured
     once however often it is asked for:
     - `worst(modes, bound=False)`: the worst group's rise in loss over full attention; with `bound`, a trial that
-      `worst_from(..., cut=True)` cut short gives the lower bound that put it above the best trial instead;
-    - `worst_from(base, trials, bar=None, hold=(), cut=False)`: measures `trials` ({layer: modes}, each equal to
-      `base` before its layer; in the order given) for later `worst` calls, running only the layers after the
-      deepest held input (`prefix_cache.PrefixCache`, kept across calls; each trial holds its inputs at the layers
-      of `hold` after its own) where every group's held inputs fit in memory, else from each trial's layer on
-      (`suffix.Suffix`, one group at a time), else whole forwards; `bar` (tqdm) advances once per trial and group.
-      With `cut` (held inputs only), a trial stops at the first group whose rise exceeds the worst rise of the
-      best trial so far, as that trial can no longer be chosen; the groups go in the order of the first complete
-      trial's rises, largest first. The choice among the trials is the same as with every group measured."""
-    base = group_losses(model, groups, None, batch_size)
+      `worst_from(..., cut=True)` cut short gives the lower bound that put it above the chosen trial instead;
+    - `worst_from(base, trials, bar=None, hold=(), cut=False, keep=None)`: measures `trials` ({layer: modes}, each
+      equal to `base` before its layer) for later `worst` calls. With `held` (the caller has checked that every
+      group's held inputs fit in memory), full attention is measured holding its inputs at every layer, and a trial
+      runs only the layers after the deepest held input (`prefix_cache.PrefixCache`, kept across calls; each trial
+      holds its inputs at the layers of `hold` after its own; `keep`: only other trials of these layers keep
+      theirs); else from each trial's layer on (`suffix.Suffix`, one group at a time) where a group fits, else
+      whole forwards; `bar` (tqdm) advances once per trial and group.
+      With `cut` (held inputs only), best first: the trial whose measured groups' worst rise is lowest (the first
+      given among equals, as `min` picks) measures its next group, until that trial has measured them all; no other
+      can then be below it. So each other trial stops at its first group whose rise exceeds the chosen trial's
+      worst rise (or equals it, given later): the least measured for the same choice as with every group measured.
+      The groups go in the order of the base's rises (the last round's chosen trial), largest first."""
+    full = [RETRIEVAL] * info.num_layers
     seen: dict[tuple[str, ...], float] = {}
     cut_at: dict[tuple[str, ...], float] = {}  # trials cut short: a lower bound of their worst rise
-    order_of: dict[str, list[str]] = {"groups": []}  # groups by the last call's first complete trial's rises
+    by_group: dict[tuple[str, ...], dict[str, float]] = {}  # the rise of each group, where all were measured
     caches: dict[str, PrefixCache] = {}  # per group, where all groups' held inputs fit (else `Suffix`, one group)
     suffix = {"checked": False, "exact": True}  # the first trial is checked against a whole forward, once
 
@@ -143,6 +166,13 @@ def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, s
 
     def plan_or_full(modes) -> Plan | None:  # None: full attention, the unpatched model
         return None if all(m == RETRIEVAL for m in modes) else plan(list(modes))
+
+    if held:  # kept across calls: one round's trials are the next round's base
+        caches.update({g: PrefixCache(model, s, plan_or_full, batch_size, check=k == 0)
+                       for k, (g, s) in enumerate(groups.items())})
+        base = {g: c.measure(full, range(1, info.num_layers)).loss for g, c in caches.items()}
+    else:
+        base = group_losses(model, groups, None, batch_size)
 
     def worst(modes: list[str], bound: bool = False) -> float:
         key = tuple(modes)
@@ -154,35 +184,41 @@ def _worst_rise(model, groups: Mapping[str, list[Sample]], batch_size: int, *, s
         return seen[key]
 
     def worst_from(base_modes: list[str], trials: Mapping[int, list[str]], bar=None, hold: Sequence[int] = (),
-                   cut: bool = False) -> None:
+                   cut: bool = False, keep: Sequence[int] | None = None) -> None:
         todo = {i: m for i, m in trials.items() if tuple(m) not in seen}
-        if todo and suffix["exact"] and (caches or usable(model, [s for v in groups.values() for s in v],
-                                                          info.num_layers + len(todo) * len(hold))):
-            if not caches:  # kept across calls: one round's trials are the next round's base
-                caches.update({g: PrefixCache(model, s, plan_or_full, batch_size, check=k == 0)
-                               for k, (g, s) in enumerate(groups.items())})
+        if todo and suffix["exact"] and caches:
             for cache in caches.values():
-                cache.prune(base_modes)
+                cache.prune(base_modes, keep)
                 cache.fill(base_modes, todo)
-            best = min((seen[tuple(m)] for m in trials.values() if tuple(m) in seen), default=math.inf)
-            order, first = order_of["groups"] or list(caches), True
-            for i, m in todo.items():
-                rises: dict[str, float] = {}
-                for g in order:
-                    rises[g] = caches[g].measure(m, [x for x in hold if x > i]).loss - base[g]
-                    suffix["exact"] = suffix["exact"] and caches[g].exact  # a fall-back holds from here on
-                    if bar is not None:
-                        bar.update()
-                    if cut and rises[g] > best:
-                        break
-                if len(rises) < len(order):
-                    cut_at[tuple(m)] = max(rises.values())
-                    continue
-                seen[tuple(m)] = max(rises.values())
-                if first:  # the groups most likely to cut the next trials short go first
-                    order = order_of["groups"] = sorted(caches, key=lambda g: -rises[g])
-                    first = False
-                best = min(best, seen[tuple(m)])
+            rises: dict[int, dict[str, float]] = {i: {} for i in todo}
+            known = by_group.get(tuple(base_modes), {})  # the groups where the base is worst rule trials out first
+            order = sorted(groups, key=lambda g: -known.get(g, 0.0))
+
+            def step(i: int) -> float:  # trial i on its next group: the worst rise of its groups so far
+                g = next(g for g in order if g not in rises[i])
+                rises[i][g] = caches[g].measure(todo[i], [x for x in hold if x > i]).loss - base[g]
+                suffix["exact"] = suffix["exact"] and caches[g].exact  # a fall-back holds from here on
+                if bar is not None:
+                    bar.update()
+                return max(rises[i].values())
+
+            if cut:
+                # (worst rise so far, place given): measured trials have every group, the others -inf until one
+                heap = [(seen[tuple(m)] if tuple(m) in seen else -math.inf, k, i)
+                        for k, (i, m) in enumerate(trials.items())]
+                heapq.heapify(heap)
+                while heap[0][2] in todo and len(rises[heap[0][2]]) < len(groups):
+                    _, k, i = heap[0]
+                    heapq.heapreplace(heap, (step(i), k, i))
+            else:
+                for i in todo:
+                    while len(rises[i]) < len(groups):
+                        step(i)
+            for i, r in rises.items():
+                if len(r) == len(groups):
+                    seen[tuple(todo[i])], by_group[tuple(todo[i])] = max(r.values()), r
+                elif r:
+                    cut_at[tuple(todo[i])] = max(r.values())
             return
         if not todo or not suffix["exact"] or not all(usable(model, s, len(todo)) for s in groups.values()):
             for m in todo.values():  # whole forwards
