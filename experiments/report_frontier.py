@@ -21,7 +21,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from report_matrix import cell_names, common_cells
+from report_matrix import cell_names, common_cells, length_label
 
 RATIOS = ("0.5", "0.25")
 HYBRIDS = ["hybrid-m1", "hybrid-m2", "hybrid-m4", "hybrid-m2-s8", "hybrid-m4-s8"]  # experiments/hybrid_policies.py
@@ -88,8 +88,8 @@ def summary(acc_rows: list[dict], t: dict, policies: list[str]) -> tuple[list[di
 def table(items: list[dict], common: list[tuple[str, int]], batch: int = BATCH) -> str:
     tasks = sorted({c[0] for c in common})
     contexts = sorted({n for it in items for n in it["ms"]})
-    head = (["policy", f"KV at {_k(items[0]['longest'])}", "mean acc"] + [f"{t} ÷ duo" for t in tasks]
-            + [f"ms/step {_k(n)}" for n in contexts] + [f"÷ zigzag {_k(n)}" for n in contexts])
+    head = (["policy", f"KV at {length_label(items[0]['longest'])}", "mean acc"] + [f"{t} ÷ duo" for t in tasks]
+            + [f"ms/step {length_label(n)}" for n in contexts] + [f"÷ zigzag {length_label(n)}" for n in contexts])
     timed = f"decode at B={batch}, compiled." if contexts else "decode not timed."
     lines = [f"Accuracy over {len(common)} common cells ({cell_names(common)}); {timed}", "",
              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -124,10 +124,6 @@ def targets(items: list[dict]) -> list[str]:
 def _spread(ratios: list[float]) -> str:
     """" (lo–hi)" over the stages that timed a point, when more than one did and they differ."""
     return f" ({min(ratios):.3f}–{max(ratios):.3f})" if len(ratios) > 1 and max(ratios) - min(ratios) >= 5e-4 else ""
-
-
-def _k(n: int) -> str:
-    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
 
 def _f(x, digits: int) -> str:

@@ -22,7 +22,7 @@ ORDER = ["full", *(f"{p}@{r}" for r in ("0.5", "0.33", "0.25") for p in (
 CORE = ("full", "zigzag", "duo", "best random", "streaming")
 
 
-def _k(n: int) -> str:
+def length_label(n: int) -> str:
     """8192 -> "8k"; a length that is no whole multiple of 1024 (SmolLM2's 8000) as it is."""
     return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
@@ -58,7 +58,7 @@ def tables(rows: list[dict]) -> str:
     for task in tasks:
         lens = [n for t, n in cells if t == task]
         out += [f"**{task}** (accuracy; n = prompts per cell)", "",
-                "| policy | " + " | ".join(f"{_k(n)} (n={by.get(('full', task, n), {}).get('prompts', '?')})"
+                "| policy | " + " | ".join(f"{length_label(n)} (n={by.get(('full', task, n), {}).get('prompts', '?')})"
                                           for n in lens) + " |",
                 "|---" * (len(lens) + 1) + "|"]
         for p in policies:
@@ -92,7 +92,7 @@ def summary(by: dict[tuple, dict], policies: list[str], cells: list[tuple[str, i
         kv = next((r["kv_fraction"] for c, r in got if c[1] == 32768), got[-1][1]["kv_fraction"])
         out.append(f"| {p} | {len(got)} | {sum(r['accuracy'] for _, r in got) / len(got):.3f} | "
                    f"{sum(s for s, _ in valid) / max(1, len(valid)):.3f} | {worst[0]:.2f} ({worst[1][0]} "
-                   f"{_k(worst[1][1])}) | {kv:.3f} |")
+                   f"{length_label(worst[1][1])}) | {kv:.3f} |")
     return out
 
 
@@ -121,7 +121,7 @@ def common_cells(rows: list[dict]) -> list[tuple[str, int]]:
 def cell_names(cells: list[tuple[str, int]]) -> str:
     tasks = sorted({t for t, _ in cells})
     lens = sorted({n for _, n in cells})
-    return f"{', '.join(tasks)} x {'/'.join(_k(n) for n in lens)}"
+    return f"{', '.join(tasks)} x {'/'.join(length_label(n) for n in lens)}"
 
 
 def png(rows: list[dict], path: str, title: str) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -147,7 +146,7 @@ def main() -> None:
         return run(args)
     rows = [json.loads(x) for x in Path(args.validation).read_text().splitlines() if x.strip()]
     matrix = [json.loads(x) for f in args.matrix for x in Path(f).read_text().splitlines() if x.strip()]
-    matrix = [m for m in matrix if not re.fullmatch(r"hybrid-.*", m["policy"])]
+    matrix = [m for m in matrix if not m["policy"].startswith("hybrid-")]
     print(report(rows, matrix, args.tasks.split(",") if args.tasks else None))
 
 
