@@ -18,6 +18,7 @@ plan the matrix ranks first. Written for the next GPU lease (gpu_jobs.sh q15m, s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -29,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_accuracy as ga  # noqa: E402
 import matrix_policies as mp  # noqa: E402
 
+import zigzag_attn as zz  # noqa: E402
 from zigzag_attn.data.calibration import calibration_groups  # noqa: E402
-from zigzag_attn.model_info import describe  # noqa: E402
 from zigzag_attn.profile import measure  # noqa: E402
 
 SPLIT = ("evaluation",)  # the held-out novels: read by neither calibration nor the matrix
@@ -59,13 +60,15 @@ def run(args) -> None:
         cfg["lengths"] = tuple(int(x) for x in args.lengths.split(","))
     cfg["randoms"] = mp.MAX_RANDOMS
     state, out = Path(args.state), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, tok = ga.load_model(args)
-    plans = mp.policies(cfg, describe(model), state)
+    # the plans from the state's recorded model shape, before any slow work (patching checks them on the model)
+    info = dataclasses.replace(zz.Scores.load(state / "robust_scores.json").model, name=args.name)
+    plans = mp.policies(cfg, info, state)
     names = args.policies.split(",") if args.policies else ["full", *(n for n in CANDIDATES if n in plans)]
     unknown = [n for n in names if n not in plans]
     if unknown:
         raise SystemExit(f"--policies: not available from {state}: {', '.join(unknown)}")
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = ga.load_model(args)
     length = cfg["length"] if args.smoke else args.length
     groups = calibration_groups(tok, lengths=(length,), samples=1 if args.smoke else args.samples,
                                 splits=SPLIT, seed=12345)
