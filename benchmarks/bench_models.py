@@ -24,7 +24,8 @@ def llama3_8b(layers: int = 32, smoke: bool = False) -> LlamaConfig:
 
 def plans(model, zigzag_plan: str | None = None) -> dict[str, zz.Plan | None]:
     """Half of the KV cache kept in both plans: mixed keeps half of every layer's KV heads, zigzag half of the
-    layers (the odd ones stream, or the layers of `zigzag_plan`, a 50% plan file or shipped name)."""
+    layers (the odd ones stream, or the layers of `zigzag_plan`, a 50% plan file or shipped name); each also with
+    FP8 retrieval KV ("-fp8": the fused decode kernel where `patch` picks it, "-fp8-dq": dequantise + SDPA)."""
     info = zz.describe(model)
     half = info.num_kv_heads // 2
     mixed = [[h < half for h in range(info.num_kv_heads)] for _ in range(info.num_layers)]
@@ -33,10 +34,14 @@ def plans(model, zigzag_plan: str | None = None) -> dict[str, zz.Plan | None]:
         zigzag = list(zz.Plan.load(zigzag_plan).modes)
         if zigzag.count("retrieval") * 2 != info.num_layers:
             raise SystemExit(f"--zigzag-plan must keep half of the {info.num_layers} layers retrieval")
-    return {"full": None,
-            "fullk": zz.Plan.from_layers(["retrieval"] * info.num_layers, sink=SINK, window=WINDOW, model=info),
-            "mixed": zz.Plan.from_heads(mixed, sink=SINK, window=WINDOW, model=info),
-            "zigzag": zz.Plan.from_layers(zigzag, sink=SINK, window=WINDOW, model=info)}
+    out = {"full": None,
+           "fullk": zz.Plan.from_layers(["retrieval"] * info.num_layers, sink=SINK, window=WINDOW, model=info),
+           "mixed": zz.Plan.from_heads(mixed, sink=SINK, window=WINDOW, model=info),
+           "zigzag": zz.Plan.from_layers(zigzag, sink=SINK, window=WINDOW, model=info)}
+    # the same plans with FP8 retrieval KV: "-fp8" decodes with the fused kernel, "-fp8-dq" reads a 16-bit copy
+    for name in ("fullk", "mixed", "zigzag"):
+        out[f"{name}-fp8"] = out[f"{name}-fp8-dq"] = out[name].with_kv_dtype("fp8")
+    return out
 
 
 def policy_models(base, plans: dict[str, zz.Plan | None], decode_backend: str) -> dict:
@@ -49,5 +54,7 @@ def policy_models(base, plans: dict[str, zz.Plan | None], decode_backend: str) -
         if plan is None:
             models[policy] = base
         else:
-            models[policy] = zz.patch(copy.deepcopy(base, memo=dict(shared)), plan, decode_backend=decode_backend)
+            fp8 = "dequantize" if policy.endswith("-dq") else "auto"
+            models[policy] = zz.patch(copy.deepcopy(base, memo=dict(shared)), plan, decode_backend=decode_backend,
+                                      fp8_backend=fp8)
     return models

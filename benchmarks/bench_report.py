@@ -11,7 +11,8 @@ import json
 import math
 from pathlib import Path
 
-POLICIES = ("full", "fullk", "mixed", "zigzag")
+POLICIES = ("full", "fullk", "mixed", "zigzag", "fullk-fp8", "mixed-fp8", "zigzag-fp8", "zigzag-fp8-dq", "mixed-fp8-dq",
+            "fullk-fp8-dq")
 
 
 def load_rows(paths: list[str]) -> list[dict]:

@@ -52,28 +52,32 @@ def best_rows(rows: list[dict]) -> dict:
     return {k: r for k, r in got.items() if r}
 
 
-def ratios(rows: list[dict]) -> list[dict]:
-    """Zigzag against each other policy at each context: the batch at the limit (the decode row's: one less where
+def ratios(rows: list[dict], ref: str = "zigzag") -> list[dict]:
+    """`ref` against each other policy at each context: the batch at the limit (the decode row's: one less where
     the real prefill did not fit) and tokens/s, each policy at its best."""
     best, decode, out = best_rows(rows), last_rows(rows, "decode"), []
     for (policy, n), b in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        z = best.get(("zigzag", n))
-        if policy != "zigzag" and z:
-            out.append({"n": n, "vs": policy, "batch": decode["zigzag", n]["batch"] / decode[policy, n]["batch"],
+        z = best.get((ref, n))
+        if policy != ref and z:
+            out.append({"n": n, "vs": policy, "batch": decode[ref, n]["batch"] / decode[policy, n]["batch"],
                         "tok_s": z["tok_s"] / b["tok_s"], "modes": [z["mode"], b["mode"]],
                         "tok_s_batches": [z["batch"], b["batch"]]})
     return out
 
 
 def ratio_table(rows: list[dict]) -> str:
-    got = ratios(rows)
-    if not got:
-        return ""
-    lines = ["| N | zigzag vs | batch ratio (at the limit) | tokens/s ratio (each at its best) | modes (zigzag, other) "
-             "| batches of the tokens/s |", "|---" * 6 + "|"]
-    lines += [f"| {r['n']} | {r['vs']} | {r['batch']:.2f}x | {r['tok_s']:.2f}x | {', '.join(r['modes'])} | "
-              f"{', '.join(map(str, r['tok_s_batches']))} |" for r in got]
-    return "\n".join(lines)
+    """One table per reference policy present: zigzag with FP8 retrieval KV first, then zigzag."""
+    tables = []
+    for ref in ("zigzag-fp8", "zigzag"):
+        got = ratios(rows, ref)
+        if not got:
+            continue
+        lines = [f"| N | {ref} vs | batch ratio (at the limit) | tokens/s ratio (each at its best) | modes ({ref}, "
+                 "other) | batches of the tokens/s |", "|---" * 6 + "|"]
+        lines += [f"| {r['n']} | {r['vs']} | {r['batch']:.2f}x | {r['tok_s']:.2f}x | {', '.join(r['modes'])} | "
+                  f"{', '.join(map(str, r['tok_s_batches']))} |" for r in got]
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def host_table(rows: list[dict]) -> str:
@@ -106,7 +110,9 @@ def plot(rows: list[dict], png: str) -> None:
 
     decode, limit, best = last_rows(rows, "decode"), last_rows(rows, "limit"), best_rows(rows)
     ns = sorted({k[1] for k in limit})
-    policies = [p for p in ("full", "fullk", "mixed", "zigzag") if any(k[0] == p for k in limit)]
+    from bench_report import POLICIES
+
+    policies = [p for p in POLICIES if any(k[0] == p for k in limit)]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     width = 0.8 / max(1, len(policies))
     for i, p in enumerate(policies):

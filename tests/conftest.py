@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import pytest
@@ -66,11 +67,23 @@ def family_model(request):
     return request.param, tiny_model(request.param, kv_heads=4)
 
 
-@pytest.fixture(params=["exclusive", "mixed"])
+_FLOAT64: dict[str, torch.nn.Module] = {}
+
+
+@pytest.fixture(params=["exclusive", "mixed", "exclusive-fp8", "mixed-fp8"])
 def case(request, family_model):
-    """(family, model, plan) with the model unpatched again afterwards."""
+    """(family, model, plan) with the model unpatched again afterwards; "-fp8": retrieval KV stored in FP8.
+
+    FP8 cases run a float64 copy of the model: float32 rounding differs between a whole-sequence forward and
+    chunked or one-token ones (other summation orders), and a key or value that lands near an e4m3 rounding
+    midpoint then rounds one way in the runtime and the other in the reference, one e4m3 step apart (on these tiny
+    models as large as the whole quantisation effect). In float64 both round the same float32 numbers."""
     family, model = family_model
-    plan = plans_for(model)[request.param]
+    kind, _, fp8 = request.param.partition("-")
+    plan = plans_for(model)[kind]
+    if fp8:
+        plan = plan.with_kv_dtype("fp8")
+        model = _FLOAT64.setdefault(family, copy.deepcopy(model).double())
     yield family, model, plan
     zz.unpatch(model)
 

@@ -1,5 +1,8 @@
 """Plain float32 reference: the unpatched model over the whole sequence (no cache), with each streaming
-layer's attention computed by explicit softmax(QK^T)V under a sink + window mask. Independent of the runtime."""
+layer's attention computed by explicit softmax(QK^T)V under a sink + window mask. Independent of the runtime.
+
+A plan with FP8 retrieval KV (`kv_dtype="fp8"`) is referenced with the same quantisation applied to every retrieval
+head's keys and values (`fp8_round_trip`, written out here from the format's definition), then the same attention."""
 
 from __future__ import annotations
 
@@ -23,6 +26,12 @@ def _eager(q, k, v, allowed, scaling):
     allowed = allowed | ~allowed.any(-1, keepdim=True)  # padding queries: avoid NaN, ignored later
     probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
     return (probs @ v).to(q.dtype).transpose(1, 2).contiguous()
+
+
+def fp8_round_trip(x: torch.Tensor) -> torch.Tensor:
+    """Rows of `x` (last dim) as FP8 KV stores them: e4m3 values times one bfloat16 scale, max|row| / 448."""
+    scale = (x.abs().amax(-1, keepdim=True).float() / 448).clamp_min(1e-30).to(torch.bfloat16).float()
+    return ((x.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn).float() * scale).to(x.dtype)
 
 
 def sink_window_allowed(pos: torch.Tensor, sink: int, window: int, key_pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -58,6 +67,10 @@ def reference_attention(model, plan: Plan, attention_mask: torch.Tensor | None, 
             per_head = [given] * len(row)
         else:
             per_head = [causal if r else streaming for r in row]
+            if plan.kv_dtype == "fp8" and any(row):  # the retrieval heads' KV goes through the FP8 format
+                heads = torch.tensor(row, device=key.device)[None, :, None, None]
+                key = torch.where(heads, fp8_round_trip(key), key)
+                value = torch.where(heads, fp8_round_trip(value), value)
         groups = query.shape[1] // key.shape[1]
         allowed = torch.cat([m.expand(batch, 1, -1, -1) for m in per_head for _ in range(groups)], dim=1)
         return _eager(query, key, value, allowed, scaling), None

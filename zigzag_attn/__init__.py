@@ -3,6 +3,7 @@
 Flow: profile -> Scores -> solve -> Plan -> patch (runtime: attention kernels + bounded KV cache).
 """
 
+from .choose import candidates, choose
 from .cost import CostModel
 from .model_info import describe
 from .plan import ModelInfo, Plan
@@ -13,6 +14,7 @@ from .solve import solve, solve_heads
 from .solve_hybrid import solve_hybrid
 
 __version__ = "0.1.0"
-__all__ = ["CostModel", "ModelInfo", "Plan", "Scores", "ZigzagCache", "ZigzagStaticCache", "cache_of", "describe",
+__all__ = ["CostModel", "ModelInfo", "Plan", "Scores", "ZigzagCache", "ZigzagStaticCache", "cache_of", "candidates",
+           "choose", "describe",
            "make_cache", "measure", "patch", "patched", "plan_of", "profile", "refine", "solve", "solve_heads",
            "solve_hybrid", "split_layer_scores", "unpatch"]

@@ -6,6 +6,7 @@ every layer is all-retrieval or all-streaming, and mixed (DuoAttention) when a l
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,9 @@ FORMAT = "zigzag-attn/plan"
 VERSION = 1
 RETRIEVAL, STREAMING, MIXED = "retrieval", "streaming", "mixed"
 SHIPPED_DIR = Path(__file__).parent / "plans"
-PLAN_FIELDS = {"format", "version", "sink", "window", "modes", "heads", "model", "provenance"}
+PLAN_FIELDS = {"format", "version", "sink", "window", "modes", "heads", "model", "provenance", "kv_dtype"}
+KV_DTYPES = ("model", "fp8")  # how retrieval KV is stored: the model's dtype, or float8 e4m3 with per-token scales
+FP8_SCALE_BYTES = 2  # one bfloat16 scale per token, KV head and K or V (runtime/quant.py)
 PROVENANCE = "provenance (a JSON object of notes on how the plan was made)"
 MAX_TOKENS = 2**31 - 1  # bound on sink and window: far past any context, small enough for position arithmetic
 
@@ -67,6 +70,12 @@ class ModelInfo:
         return cls(**{**d, "native_sliding": native})
 
 
+def check_kv_dtype(kv_dtype: Any) -> None:
+    if kv_dtype not in KV_DTYPES:
+        raise ValueError(f"kv_dtype must be one of {', '.join(map(repr, KV_DTYPES))} (how retrieval keys and values "
+                         f"are stored); got {kv_dtype!r:.60}")
+
+
 def check_sink_window(sink: Any, window: Any) -> None:
     if isinstance(sink, bool) or not isinstance(sink, int) or sink < 0:
         raise ValueError(f"sink must be an integer >= 0 (the number of first tokens every query sees); got {sink!r}")
@@ -83,6 +92,9 @@ class Plan:
 
     `modes[l]` is "retrieval", "streaming" or "mixed"; for a mixed layer `heads[l][h]` is True where
     KV head `h` keeps full attention. `heads` is None for plans built layer by layer.
+    `kv_dtype` says how the retrieval KV (retrieval layers, retrieval heads of mixed layers) is stored: "model"
+    (the model's dtype) or "fp8" (float8 e4m3 with one bfloat16 scale per token and KV head; about half the bytes of
+    16-bit KV). Streaming KV (sink + window) and the model's own sliding layers always keep the model's dtype.
     """
 
     modes: tuple[str, ...]
@@ -91,9 +103,11 @@ class Plan:
     heads: tuple[tuple[bool, ...], ...] | None = None
     model: ModelInfo | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    kv_dtype: str = "model"
 
     def __post_init__(self) -> None:
         check_sink_window(self.sink, self.window)
+        check_kv_dtype(self.kv_dtype)
         if not self.modes:
             raise ValueError("a plan needs at least one layer; got an empty list of modes")
         for i, m in enumerate(self.modes):
@@ -127,23 +141,27 @@ class Plan:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_layers(cls, modes: Sequence[str], *, sink: int, window: int, model: ModelInfo | None = None,
-                    provenance: dict[str, Any] | None = None) -> Plan:
+                    provenance: dict[str, Any] | None = None, kv_dtype: str = "model") -> Plan:
         """Layer-exclusive plan: one of "retrieval" / "streaming" per decoder layer."""
         modes = tuple(modes)
         bad = [(i, m) for i, m in enumerate(modes) if m not in (RETRIEVAL, STREAMING)]
         if bad:
             i, m = bad[0]
             raise ValueError(f"layer {i}: unknown mode {m!r}; expected 'retrieval' or 'streaming'")
-        return cls(modes, sink, window, None, model, _notes(provenance))
+        return cls(modes, sink, window, None, model, _notes(provenance), kv_dtype)
 
     @classmethod
     def from_heads(cls, mask: Sequence[Sequence[bool]], *, sink: int, window: int, model: ModelInfo | None = None,
-                   provenance: dict[str, Any] | None = None) -> Plan:
+                   provenance: dict[str, Any] | None = None, kv_dtype: str = "model") -> Plan:
         """DuoAttention-style plan: `mask[layer][kv_head]` is True for a retrieval head."""
         rows = _as_nested_list(mask)
         heads = tuple(tuple(_as_bool(x, i, h) for h, x in enumerate(row)) for i, row in enumerate(rows))
         modes = tuple(RETRIEVAL if all(r) else STREAMING if not any(r) else MIXED for r in heads)
-        return cls(modes, sink, window, heads, model, _notes(provenance))
+        return cls(modes, sink, window, heads, model, _notes(provenance), kv_dtype)
+
+    def with_kv_dtype(self, kv_dtype: str) -> Plan:
+        """This plan with its retrieval KV stored as `kv_dtype` ("model" or "fp8")."""
+        return dataclasses.replace(self, kv_dtype=kv_dtype)
 
     # -- queries ----------------------------------------------------------------------------
     @property
@@ -174,24 +192,33 @@ class Plan:
         return [[m == RETRIEVAL] * num_kv_heads for m in self.modes]
 
     def kv_fraction(self, context_length: int) -> float:
-        """KV-cache bytes at `context_length` tokens relative to full attention on every layer.
+        """KV-cache bytes at `context_length` tokens relative to full attention on every layer in 16-bit KV.
 
-        Native sliding-window layers recorded in `model` hold their own window in both cases.
+        Native sliding-window layers recorded in `model` hold their own window in both cases. With kv_dtype "fp8" a
+        retrieval token costs `retrieval_bytes()` of a 16-bit one (its float8 values and its scale).
         """
         if context_length < 1:
             raise ValueError(f"context_length must be >= 1; got {context_length}")
         n_heads = self.model.num_kv_heads if self.model else (len(self.heads[0]) if self.heads else 1)
         native = self.model.native_sliding if self.model else {}
         bounded = min(context_length, self.sink + self.window)
-        full = kept = 0
+        cost = self.retrieval_bytes()
+        full = kept = 0.0
         for layer, row in enumerate(self.head_mask(n_heads)):
             if layer in native:
                 size = min(context_length, native[layer]) * len(row)
                 full, kept = full + size, kept + size
                 continue
             full += context_length * len(row)
-            kept += sum(context_length if r else bounded for r in row)
+            kept += sum(context_length * cost if r else bounded for r in row)
         return kept / full
+
+    def retrieval_bytes(self) -> float:
+        """Bytes of one retrieval KV element relative to 16-bit: 1 for "model", (1 + scale / head_dim) / 2 for
+        "fp8" (head_dim from `model`; without it, the scale is left out)."""
+        if self.kv_dtype == "model":
+            return 1.0
+        return (1 + (FP8_SCALE_BYTES / self.model.head_dim if self.model else 0.0)) / 2
 
     def check_model(self, info: ModelInfo) -> None:
         """Raise ValueError if this plan cannot drive a model of shape `info`."""
@@ -220,6 +247,7 @@ class Plan:
             "format": FORMAT, "version": VERSION, "sink": self.sink, "window": self.window,
             "modes": list(self.modes), "heads": [list(r) for r in self.heads] if self.heads else None,
             "model": self.model.to_json() if self.model else None, "provenance": self.provenance,
+            **({} if self.kv_dtype == "model" else {"kv_dtype": self.kv_dtype}),
         }
 
     @classmethod
@@ -235,7 +263,7 @@ class Plan:
                 heads = tuple(tuple(need(r, list, "each row of heads")) for r in need(heads, list, "heads"))
             notes = d.get("provenance")
             return cls(tuple(need(d["modes"], list, "modes")), d["sink"], d["window"], heads, model,
-                       {} if notes is None else notes)
+                       {} if notes is None else notes, d.get("kv_dtype", "model"))
         except KeyError as e:
             raise ValueError(f"{source} is a damaged plan: missing or malformed field {e}") from None
         except (TypeError, ValueError) as e:
@@ -265,7 +293,8 @@ class Plan:
         retrieval = [i for i in self.retrieval_layers if i not in native]
         own = f", {len(native)} the model's own sliding window" if native else ""
         return (f"Plan({self.num_layers} layers: {len(retrieval)} retrieval, {len(self.streaming_layers)} streaming, "
-                f"{len(self.mixed_layers)} mixed{own}; sink={self.sink}, window={self.window}) "
+                f"{len(self.mixed_layers)} mixed{own}; sink={self.sink}, window={self.window}"
+                f"{'; retrieval KV fp8' if self.kv_dtype == 'fp8' else ''}) "
                 f"[{''.join('w' if i in native else kinds[m] for i, m in enumerate(self.modes))}]")
 
 

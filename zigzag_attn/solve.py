@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterable
 from numbers import Integral, Real
 from typing import Any
 
-from zigzag_attn.plan import RETRIEVAL, STREAMING, Plan
+from zigzag_attn.plan import RETRIEVAL, STREAMING, Plan, check_kv_dtype
 from zigzag_attn.scores import Scores
 
 
 def solve(scores: Scores, *, retrieval_layers: int | None = None, retrieval_ratio: float | None = None,
           kv_budget: float | None = None, context_length: int | None = None, sink: int = 64, window: int = 256,
-          pin_retrieval: Iterable[int] = (), pin_streaming: Iterable[int] = ()) -> Plan:
+          pin_retrieval: Iterable[int] = (), pin_streaming: Iterable[int] = (), kv_dtype: str = "model") -> Plan:
     """Layer-exclusive plan maximising the sum of `scores.layers` (shape `[num_layers]`) over retrieval layers.
 
     Give exactly one size constraint; `n` below is the number of choosable (non-native-sliding) layers:
@@ -33,9 +33,11 @@ def solve(scores: Scores, *, retrieval_layers: int | None = None, retrieval_rati
     Layers in `pin_retrieval` are always retrieval and those in `pin_streaming` always streaming; pinned
     choosable layers count toward `k`. Pinning a native sliding layer as retrieval is a no-op; as streaming it
     is an error. The result is exactly optimal; ties in score go to the lower layer index.
+    kv_dtype: how retrieval KV is stored ("model" or "fp8": about half the bytes, so a budget buys more layers).
     """
     if not isinstance(scores, Scores):
         raise TypeError(f"scores must be a Scores; got {type(scores).__name__}")
+    check_kv_dtype(kv_dtype)
     given = [name for name, v in (("retrieval_layers", retrieval_layers), ("retrieval_ratio", retrieval_ratio),
                                   ("kv_budget", kv_budget)) if v is not None]
     if len(given) != 1:
@@ -65,7 +67,8 @@ def solve(scores: Scores, *, retrieval_layers: int | None = None, retrieval_rati
         modes = [RETRIEVAL if i in chosen else STREAMING for i in range(num_layers)]
         provenance = {"method": scores.method, "solver": "topk", "constraint": constraint or {},
                       "layer_scores": layer_scores}
-        return Plan.from_layers(modes, sink=sink, window=window, model=scores.model, provenance=provenance)
+        return Plan.from_layers(modes, sink=sink, window=window, model=scores.model, provenance=provenance,
+                                kv_dtype=kv_dtype)
 
     pins_json = {"pin_retrieval": sorted(pin_r), "pin_streaming": sorted(pin_s)}
     if kv_budget is not None:
@@ -97,16 +100,18 @@ def solve(scores: Scores, *, retrieval_layers: int | None = None, retrieval_rati
     return build(k, {**constraint, "retrieval_layers": k, **pins_json})
 
 
-def solve_heads(scores: Scores, *, kv_budget: float, context_length: int, sink: int = 64, window: int = 256) -> Plan:
+def solve_heads(scores: Scores, *, kv_budget: float, context_length: int, sink: int = 64, window: int = 256,
+                kv_dtype: str = "model") -> Plan:
     """Mixed (DuoAttention-style) plan from `scores.heads` (shape `[num_layers, num_kv_heads]`).
 
     Keeps as retrieval the largest number `m` of KV heads of choosable layers such that
     `plan.kv_fraction(context_length) <= kv_budget`, taking the top-`m` heads by score over the whole model
     (a global quantile; ties go to the lower layer, then the lower head). Every head of a native sliding layer
-    is retrieval and is not counted in `m`.
+    is retrieval and is not counted in `m`. kv_dtype as in `solve`.
     """
     if not isinstance(scores, Scores):
         raise TypeError(f"scores must be a Scores; got {type(scores).__name__}")
+    check_kv_dtype(kv_dtype)
     f, N = _budget_args(kv_budget, context_length)
     native = _native_layers(scores)
     head_scores = [[float(x) for x in row] for row in scores.heads.tolist()]
@@ -119,7 +124,8 @@ def solve_heads(scores: Scores, *, kv_budget: float, context_length: int, sink: 
             mask[layer][h] = True
         provenance = {"method": scores.method, "solver": "topk-heads", "constraint": constraint or {},
                       "head_scores": head_scores}
-        return Plan.from_heads(mask, sink=sink, window=window, model=scores.model, provenance=provenance)
+        return Plan.from_heads(mask, sink=sink, window=window, model=scores.model, provenance=provenance,
+                               kv_dtype=kv_dtype)
 
     m = _largest_within(build, 0, len(ranked), f, N, what="every choosable head streaming")
     constraint = {"kv_budget": f, "context_length": N, "retrieval_heads": m, "kv_fraction": build(m).kv_fraction(N)}

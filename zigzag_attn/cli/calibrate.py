@@ -10,6 +10,7 @@ from typing import Any
 
 from ..defaults import CALIBRATION
 from ..models import ALIASES
+from . import budget
 from .common import PROG, CLIError, Model, UsageError, device_name, float_arg, int_arg, say, versions, writable
 from .common import device as pick_device
 from .common import dtype as pick_dtype
@@ -46,8 +47,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                      "zigzag_attn.cost)")
     cal.add_argument("--cost", metavar="COST.json", help="with --latency-budget: predict latency from this cost "
                      "file (written by benchmarks/layer_cost.py) instead of the one shipped for this GPU")
-    cal.add_argument("--sink", type=int_arg(0), default=64, help="sink tokens (default 64)")
-    cal.add_argument("--window", type=int_arg(1), default=256, help="window tokens (default 256)")
+    cal.add_argument("--sink", type=int_arg(0), help="sink tokens (default 64)")
+    cal.add_argument("--window", type=int_arg(1), help="window tokens (default 256)")
+    budget.add_arguments(cal)
     cal.add_argument("--data", nargs="+", metavar="DIR_OR_FILE",
                      help="haystack text: .txt files or directories of them (default: the shipped novels)")
     cal.add_argument("--length", type=int_arg(1), help="tokens per calibration prompt "
@@ -82,7 +84,10 @@ def run(args, argv: list[str]) -> int:
 
     start = time.perf_counter()
     opts = _options(args)
-    solve_kw = dict(opts["constraint"], sink=args.sink, window=args.window)
+    choices = opts["choices"] or {}
+    sink = min(choices.get("sinks", (64 if args.sink is None else args.sink,)))
+    window = min(choices.get("windows", (256 if args.window is None else args.window,)))
+    solve_kw = dict(opts["constraint"], sink=sink, window=window)
     if args.max_mixed is not None:
         solve = _hybrid(args, _cost(args))
     try:
@@ -109,6 +114,8 @@ def run(args, argv: list[str]) -> int:
                                        provenance={"solver": "none", "constraint": floor.provenance["constraint"]})
         return _save(args, argv, plan, start, {"method": None, "profile": None})
     target.check_length(opts["length"], "--length")
+    if choices:
+        target.check_length(args.context_length, "--context-length")
 
     dtype = pick_dtype(args.dtype, opts["device"])
     model, tok = target.load(dtype, opts["device"])
@@ -131,7 +138,7 @@ def run(args, argv: list[str]) -> int:
     batch = opts["batch"]
     try:
         scores = profile(model, tok, method=opts["method"], data=samples, length=opts["length"],
-                         samples=opts["samples"], text=text, sink=args.sink, window=args.window, seed=args.seed,
+                         samples=opts["samples"], text=text, sink=sink, window=window, seed=args.seed,
                          progress=True, batch_size=batch, **gate_options)
     except (TypeError, ValueError) as e:
         if samples is not None:  # the other methods' errors are not about their prompts
@@ -146,16 +153,19 @@ def run(args, argv: list[str]) -> int:
 
         scores = split_layer_scores(scores, heads_by)
         extra["head_scores"] = {"file": str(args.head_scores), "method": heads_by.method}
-    plan = solve(scores, **solve_kw)
+    plan = budget.run(args, opts, scores, model, tok, args.context_length, extra) if choices else \
+        solve(scores, **solve_kw)
     if opts["refine"]:
+        k = len([i for i in plan.retrieval_layers if i not in info.native_sliding])
         say(f"refining: greedy elimination from {choosable} to {k} retrieval layers ...")
         extra["topk_loss"] = measure(model, samples, plan, batch_size=batch).loss
         top = plan
-        wide = solve(scores, retrieval_ratio=1.0, sink=args.sink, window=args.window)
+        wide = solve(scores, retrieval_ratio=1.0, sink=plan.sink, window=plan.window, kv_dtype=plan.kv_dtype)
         plan = refine(wide, model, samples, retrieval_layers=k, scores=scores.layers, candidates=opts["candidates"],
                       batch_size=batch)
         plan = type(plan).from_layers(plan.modes, sink=plan.sink, window=plan.window, model=plan.model,
-                                      provenance={**plan.provenance, "constraint": top.provenance["constraint"]})
+                                      provenance={**plan.provenance, "constraint": top.provenance["constraint"]},
+                                      kv_dtype=top.kv_dtype)
     return _save(args, argv, plan, start, extra, opts)
 
 
@@ -172,7 +182,8 @@ def _options(args) -> dict[str, Any]:
     defaults = CALIBRATION[device]
     given = {"method": None if args.method == "auto" else args.method, "length": args.length,
              "samples": args.samples, "keys": args.keys, "refine": args.refine, "candidates": args.candidates}
-    opts = {**defaults, **{k: v for k, v in given.items() if v is not None}, "device": device}
+    opts = {**defaults, **{k: v for k, v in given.items() if v is not None}, "device": device,
+            "choices": budget.settings(args, device), "choice_samples": defaults["samples"]}
     for flag, value in (("--steps", args.steps), ("--granularity", args.granularity)):
         if value is not None and opts["method"] != "gates":
             raise UsageError(f"argument {flag}: only used with --method gates (the method is {opts['method']})")

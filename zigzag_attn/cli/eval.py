@@ -20,7 +20,7 @@ from ..plan import Plan
 from ..scores import Scores
 from .common import CLIError, Model, UsageError, can_plot, float_arg, int_arg
 
-RULER_TASKS = ("multikey", "multivalue", "vartrack", "commonwords")
+RULER_TASKS = ("multikey", "multivalue", "multiquery", "vartrack", "commonwords")
 DTYPES = ("float32", "bfloat16", "float16")
 _positive, _non_negative, _ratio = int_arg(1), int_arg(0), float_arg(0, 1, "a number in [0, 1]")
 

@@ -87,6 +87,26 @@ def multikey_niah(tokenizer, length: int, n: int = 1, seed: int = 0, text: str |
     return out
 
 
+def multiquery(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | None = None, keys: int = 4
+               ) -> list[Sample]:
+    """RULER multi-query NIAH: `keys` needles with distinct keys at random depths; the question asks for every key's
+    number, and the answer lists them in the order the keys are asked (a random order, not the text's)."""
+    if not 1 <= keys <= len(_keys()):
+        raise ValueError(f"keys must be in [1, {len(_keys())}]; got {keys!r}")
+    text, rng = _text(text), random.Random(seed)
+    out = []
+    for _ in range(_count(n)):
+        names = rng.sample(_keys(), keys)
+        values = distinct_numbers(rng, keys, 7)
+        depths = [rng.uniform(0.05, 0.95) for _ in names]
+        asked = ", ".join(names[:-1]) + f" and {names[-1]}" if keys > 1 else names[0]
+        question = (f"\nQuestion: What are the special magic numbers for {asked} mentioned in the provided text, in "
+                    f"that order? Answer: The special magic numbers for {asked} mentioned in the provided text are")
+        needles = [(d, _magic(k, v)) for d, k, v in zip(depths, names, values, strict=True)]
+        out.append(needle_prompt(tokenizer, text, length, rng, needles, question, values, depths, MAGIC_INTRO))
+    return out
+
+
 def multivalue(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | None = None, values: int = 4
                ) -> list[Sample]:
     """RULER multi-value NIAH: one key with `values` numbers at random depths; the answer lists them all, in order."""
@@ -205,7 +225,7 @@ def _word_list(tok, common: list[str], fillers, budget: int, rng: random.Random,
 
 
 TASKS = {"niah": niah, "passkey": passkey, "multikey": multikey_niah, "multivalue": multivalue,
-         "vartrack": variable_tracking, "commonwords": common_words}
+         "multiquery": multiquery, "vartrack": variable_tracking, "commonwords": common_words}
 DEPTH_TASKS = ("niah", "passkey")  # tasks whose needle sits at a chosen depth; the others place it at random
 
 

@@ -2,7 +2,9 @@
 
 Retrieval layers (and the model's own sliding-window layers) run the model's original attention, or `flash-attn`
 when asked for (retrieval_backend="flash"); streaming layers run sink + window attention; mixed layers run both on
-their head groups and concatenate, as DuoAttention does.
+their head groups and concatenate, as DuoAttention does. With FP8 retrieval KV (`plan.kv_dtype == "fp8"`) the cache
+hands over `QuantKV`s: decoding reads them with the fused kernel of `fp8_decode` (fp8_backend "triton"), everything
+else attends over their read-back values (fp8_backend "dequantize", and every prefill).
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from dataclasses import dataclass, field
 import torch
 
 from ..plan import MIXED, RETRIEVAL, Plan
-from . import kernels
+from . import fp8_decode, kernels
 from .cache import SplitKV, head_groups, head_split
+from .quant import QuantKV
 from .step import Step
 
 STREAMING_BACKENDS = ("auto", "sdpa", "flex")
 RETRIEVAL_BACKENDS = ("auto", "native", "flash")
 DECODE_BACKENDS = ("auto", "sdpa", "split")
+FP8_BACKENDS = ("auto", "triton", "dequantize")
+FP8_KERNEL_ARCHS = (9,)  # compute capability majors the fused FP8 kernel has been run and checked on (Hopper)
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class Dispatch:
     streaming_backend: str = "auto"
     retrieval_backend: str = "auto"
     decode_backend: str = "auto"
+    fp8_backend: str = "auto"
     # looked up once here: inside a compiled decode step an import check would break the graph
     has_flex: bool = field(default_factory=kernels.flex_available)
 
@@ -41,6 +47,10 @@ class Dispatch:
         """Whether retrieval layers call flash-attn: only when asked for. "auto" never picks it, since it has not
         been run on a GPU against the SDPA path."""
         return self.retrieval_backend == "flash"
+
+    def fp8_kernel(self, q: torch.Tensor) -> bool:
+        """Whether one-token attention over FP8 KV runs the fused kernel (`patch` resolves "auto")."""
+        return self.fp8_backend == "triton" and q.is_cuda
 
     def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         step: Step | None = kwargs.pop("zigzag_step", None)
@@ -59,10 +69,14 @@ class Dispatch:
 
     def full(self, module, q, k, v, mask, scaling, dropout, kwargs) -> torch.Tensor:
         """Causal attention over all keys: `(batch, q_len, heads, head_dim)`."""
-        if self.flash(q) and mask is None and dropout == 0.0 and kwargs.get("sliding_window") is None:
-            return kernels.causal_flash(q, k, v, scale=scaling)
         plain = dropout == 0.0 and kwargs.get("softcap") is None and kwargs.get("s_aux") is None
         one_row = mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] == 1)
+        if isinstance(k, QuantKV):
+            if q.shape[2] == 1 and plain and one_row and self.fp8_kernel(q):
+                return fp8_decode.fp8_decode(q, k, v, fp8_decode.mask_bias(mask, k.shape[2]), scale=scaling)
+            k, v = k.dequantize(), v.dequantize()
+        if self.flash(q) and mask is None and dropout == 0.0 and kwargs.get("sliding_window") is None:
+            return kernels.causal_flash(q, k, v, scale=scaling)
         if q.shape[2] == 1 and plain and one_row:
             return kernels.decode_attention(q, k, v, mask, scale=scaling, sdpa=self.sdpa_decode(q))
         return self.original(module, q, k, v, mask, scaling=scaling, dropout=dropout, **kwargs)[0]
@@ -103,3 +117,17 @@ class Dispatch:
         if order != sorted(order):
             out = out.index_select(2, torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=q.device))
         return out
+
+
+def resolve_fp8_backend(backend: str, plan: Plan, device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    """"triton" or "dequantize" for a model on `device` in `dtype`; ValueError (one sentence) when "triton" is asked
+    for and cannot run. "auto" takes the kernel only on the GPUs it has been checked on (`FP8_KERNEL_ARCHS`)."""
+    if plan.kv_dtype != "fp8" or backend == "dequantize":
+        return "dequantize"
+    probe = torch.empty(1, 1, 1, head_dim, dtype=dtype, device=device)
+    why = fp8_decode.problem(probe, head_dim) if device.type == "cuda" else "the model is not on a CUDA GPU"
+    if backend == "triton":
+        if why:
+            raise ValueError(f"fp8_backend='triton' cannot run here: {why}")
+        return "triton"
+    return "triton" if why is None and torch.cuda.get_device_capability(device)[0] in FP8_KERNEL_ARCHS else "dequantize"

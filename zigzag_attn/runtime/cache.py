@@ -14,7 +14,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.utils import is_torchdynamo_compiling
 
-from ..plan import MIXED, STREAMING, Plan
+from ..plan import MIXED, RETRIEVAL, STREAMING, Plan
+from .quant import FP8Layer
 from .step import Keep, Step, keep_rule
 
 
@@ -64,12 +65,13 @@ def head_groups(retrieval: list[int], streaming: list[int], device) -> tuple[Hea
 
 
 def kv_nbytes(layers) -> int:
-    """Bytes of keys and values held by cache layers (the two parts of mixed layers counted)."""
+    """Bytes of keys and values held by cache layers (the two parts of mixed layers, and FP8 scales, counted)."""
     total = 0
     for layer in layers:
         for sub in (layer.full, layer.stream) if isinstance(layer, TwoPartLayer) else (layer,):
             if sub.is_initialized:
-                total += sum(t.numel() * t.element_size() for t in (sub.keys, sub.values))
+                parts = [getattr(sub, n, None) for n in ("keys", "values", "key_scale", "value_scale")]
+                total += sum(t.numel() * t.element_size() for t in parts if t is not None)
     return total
 
 
@@ -141,10 +143,10 @@ class MixedLayer(TwoPartLayer, DynamicLayer):
     is_sliding = False
     is_croppable = False
 
-    def __init__(self, retrieval_heads: list[int], streaming_heads: list[int], **kwargs):
+    def __init__(self, retrieval_heads: list[int], streaming_heads: list[int], fp8: bool = False, **kwargs):
         super().__init__()
         self.retrieval_heads, self.streaming_heads = retrieval_heads, streaming_heads
-        self.full, self.stream = DynamicLayer(), SinkWindowLayer()
+        self.full, self.stream = FP8Layer() if fp8 else DynamicLayer(), SinkWindowLayer()
         self._groups: tuple[HeadGroup, HeadGroup] | None = None  # on the device of the states
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step: Step | None = None, *args, **kwargs):
@@ -208,11 +210,14 @@ class ZigzagCache(StepRouting, DynamicCache):
             self.layers = [DynamicLayer() for _ in range(plan.num_layers)]
             self.layer_class_to_replicate = None
         self.plan = plan
+        fp8 = plan.kv_dtype == "fp8"
         for i, mode in enumerate(plan.modes):
             if mode == STREAMING:
                 self.layers[i] = SinkWindowLayer()
             elif mode == MIXED:
-                self.layers[i] = MixedLayer(*head_split(plan.heads[i]))
+                self.layers[i] = MixedLayer(*head_split(plan.heads[i]), fp8=fp8)
+            elif mode == RETRIEVAL and fp8 and not self.layers[i].is_sliding:  # the model's own window: as it is
+                self.layers[i] = FP8Layer()
         self.stream_pos: torch.Tensor | None = None  # (batch, kept): logical positions of the kept streaming keys
         self.seen = 0
         self.aligned = True

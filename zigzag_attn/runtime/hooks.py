@@ -41,9 +41,9 @@ def unregister(name: str) -> None:
     AttentionMaskInterface._global_mapping.pop(name, None)
 
 
-def attention_name(plan: Plan, original: str, function, backends: tuple[str, str, str]) -> str:
+def attention_name(plan: Plan, original: str, function, backends: tuple[str, ...]) -> str:
     """`zigzag-<hash>` of what the registered attention runs: the plan's layout, the original attention, backends."""
-    key = json.dumps([plan.modes, plan.heads, plan.sink, plan.window, original,
+    key = json.dumps([plan.modes, plan.heads, plan.sink, plan.window, plan.kv_dtype, original,
                       getattr(function, "__module__", None), getattr(function, "__qualname__", repr(function)),
                       backends])
     return "zigzag-" + hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -53,10 +53,10 @@ class PlanHook:
     """Runs before each decoder forward: supplies a `ZigzagCache` and this call's token positions.
 
     original: the model's attention implementation before patching, `function` its attention function;
-    backends: (streaming, retrieval, decode) as `patch` takes them.
+    backends: (streaming, retrieval, decode, fp8) as `patch` resolves them.
     """
 
-    def __init__(self, plan: Plan, decoder, original: str, function, backends: tuple[str, str, str]):
+    def __init__(self, plan: Plan, decoder, original: str, function, backends: tuple[str, ...]):
         self.plan, self.original, self.function, self.backends = plan, original, function, backends
         self.name = attention_name(plan, original, function, backends)
         params = inspect.signature(decoder.forward).parameters

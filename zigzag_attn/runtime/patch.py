@@ -13,15 +13,17 @@ from __future__ import annotations
 import contextlib
 import importlib
 
+import torch
 import transformers
 from packaging.version import Version
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..model_info import describe
 from ..plan import Plan
-from .attention import DECODE_BACKENDS, RETRIEVAL_BACKENDS, STREAMING_BACKENDS
+from .attention import DECODE_BACKENDS, FP8_BACKENDS, RETRIEVAL_BACKENDS, STREAMING_BACKENDS, resolve_fp8_backend
 from .cache import ZigzagCache
 from .hooks import PlanHook, add_hooks, cache_arg, hooks_of, remove_hooks
+from .quant import fp8_problem
 from .static_cache import ZigzagStaticCache
 from .support import check_streaming_support
 
@@ -37,7 +39,7 @@ def check_transformers_version(version: str | None = None) -> None:
 
 
 def patch(model, plan: Plan, *, streaming_backend: str = "auto", retrieval_backend: str = "auto",
-          decode_backend: str = "auto"):
+          decode_backend: str = "auto", fp8_backend: str = "auto"):
     """Make `model` follow `plan` in place and return it. Re-patching replaces the previous plan.
 
     streaming_backend: "auto" (FlexAttention for CUDA prefill, SDPA otherwise), "sdpa" or "flex".
@@ -45,6 +47,9 @@ def patch(model, plan: Plan, *, streaming_backend: str = "auto", retrieval_backe
     "auto", as it has not been run on a GPU against the SDPA path).
     decode_backend (one new token per row, every layer): "auto" (SDPA with grouped heads on CUDA, split-key
     torch matmuls elsewhere), "sdpa" or "split".
+    fp8_backend (plans with kv_dtype "fp8"): how one-token attention reads the FP8 retrieval KV. "triton" (a fused
+    kernel reading float8 directly; CUDA, bfloat16/float16 models), "dequantize" (a 16-bit copy, then the decode
+    backend) or "auto" (the kernel on the GPUs it has been checked on, Hopper; else "dequantize").
     """
     check_transformers_version()
     if not isinstance(plan, Plan):
@@ -55,15 +60,19 @@ def patch(model, plan: Plan, *, streaming_backend: str = "auto", retrieval_backe
         raise ValueError(f"retrieval_backend must be one of {RETRIEVAL_BACKENDS}; got {retrieval_backend!r}")
     if decode_backend not in DECODE_BACKENDS:
         raise ValueError(f"decode_backend must be one of {DECODE_BACKENDS}; got {decode_backend!r}")
+    if fp8_backend not in FP8_BACKENDS:
+        raise ValueError(f"fp8_backend must be one of {FP8_BACKENDS}; got {fp8_backend!r}")
     if retrieval_backend == "flash" and not _flash_ok():
         raise ImportError("retrieval_backend='flash' needs the flash-attn package: pip install 'zigzag-attn[flash]'")
-    plan.check_model(describe(model))
+    info = describe(model)
+    plan.check_model(info)
     decoder = _decoder(model)
+    fp8 = _fp8_backend(model, plan, fp8_backend, info.head_dim)
     check_streaming_support(model, decoder, plan)
     unpatch(model)
     original = model.config._attn_implementation
     hook = PlanHook(plan, decoder, original, _attention_function(original, decoder),
-                    (streaming_backend, retrieval_backend, decode_backend))
+                    (streaming_backend, retrieval_backend, decode_backend, fp8))
     model.set_attn_implementation(hook.name)
     if model.config._attn_implementation != hook.name:
         hook.release()
@@ -121,6 +130,21 @@ def cache_of(output):
     """The cache a forward or generate returned (`.cache` from transformers 5.2x, `.past_key_values` before)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+def _fp8_backend(model, plan: Plan, backend: str, head_dim: int) -> str:
+    """The resolved FP8 backend; ValueError (one sentence) when the plan stores FP8 KV where that cannot work."""
+    if plan.kv_dtype != "fp8":
+        return "dequantize"
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
+    if not dtype.is_floating_point:
+        raise ValueError(f"a plan with FP8 retrieval KV needs a floating-point model; this one is {dtype}")
+    why = fp8_problem(device)
+    if why:
+        raise ValueError(f"this plan stores retrieval KV in FP8, but {why}")
+    return resolve_fp8_backend(backend, plan, device, dtype, head_dim)
 
 
 def _flash_ok() -> bool:

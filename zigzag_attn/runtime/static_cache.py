@@ -15,8 +15,9 @@ from transformers import StaticCache
 from transformers.cache_utils import CacheLayerMixin, StaticLayer
 from transformers.utils import is_torchdynamo_compiling
 
-from ..plan import MIXED, STREAMING, Plan
+from ..plan import MIXED, RETRIEVAL, STREAMING, Plan
 from .cache import HeadGroup, SplitKV, StepRouting, TwoPartLayer, head_groups, head_split, kv_nbytes
+from .quant import StaticFP8Layer
 from .step import Step
 
 
@@ -102,10 +103,12 @@ class StaticMixedLayer(TwoPartLayer, CacheLayerMixin):
     is_compileable = True
     is_sliding = False
 
-    def __init__(self, retrieval_heads: list[int], streaming_heads: list[int], capacity: int, max_cache_len: int):
+    def __init__(self, retrieval_heads: list[int], streaming_heads: list[int], capacity: int, max_cache_len: int,
+                 fp8: bool = False):
         super().__init__()
         self.retrieval_heads, self.streaming_heads = retrieval_heads, streaming_heads
-        self.full, self.stream = StaticLayer(max_cache_len), RingLayer(capacity, max_cache_len)
+        self.full = (StaticFP8Layer if fp8 else StaticLayer)(max_cache_len)
+        self.stream = RingLayer(capacity, max_cache_len)
         self.max_cache_len = max_cache_len
         self._groups: tuple[HeadGroup, HeadGroup] | None = None
 
@@ -149,11 +152,14 @@ class ZigzagStaticCache(StepRouting, StaticCache):
         self.plan = plan
         # positions stay below max_cache_len, so a shorter ring holds each at its own slot and never wraps
         self.capacity = min(plan.sink + plan.window, max_cache_len) + 1
+        fp8 = plan.kv_dtype == "fp8"
         for i, mode in enumerate(plan.modes):
             if mode == STREAMING:
                 self.layers[i] = RingLayer(self.capacity, max_cache_len)
             elif mode == MIXED:
-                self.layers[i] = StaticMixedLayer(*head_split(plan.heads[i]), self.capacity, max_cache_len)
+                self.layers[i] = StaticMixedLayer(*head_split(plan.heads[i]), self.capacity, max_cache_len, fp8)
+            elif mode == RETRIEVAL and fp8 and not self.layers[i].is_sliding:  # the model's own window: as it is
+                self.layers[i] = StaticFP8Layer(max_cache_len)
         self.ring_pos: torch.Tensor | None = None  # (batch, capacity): position held by each slot, -1 = empty
         self.next_pos: torch.Tensor | None = None  # (batch,): position of each row's next real token
         self.step: Step | None = None
