@@ -13,6 +13,9 @@ from pathlib import Path
 
 POLICIES = ("full", "fullk", "mixed", "zigzag", "fullk-fp8", "mixed-fp8", "zigzag-fp8", "zigzag-fp8-dq", "mixed-fp8-dq",
             "fullk-fp8-dq")
+BASE = POLICIES[:4]  # the bf16 policies of the main tables; the FP8 ones get a table of their own
+STYLES = {"full": "k-o", "fullk": "k--x", "mixed": "C1-s", "zigzag": "C0-^", "zigzag-fp8": "C2-v",
+          "zigzag-fp8-dq": "C2:v", "mixed-fp8": "C1:s", "fullk-fp8": "k:x"}
 
 
 def load_rows(paths: list[str]) -> list[dict]:
@@ -63,6 +66,23 @@ def interleaved(rows: list[dict]) -> list[str]:
     return out
 
 
+def fp8_table(latest: dict) -> list[str]:
+    """FP8 retrieval KV against the same plan in bf16 and against bf16 zigzag, compiled decode (ms)."""
+    fp8 = sorted({(k[3], k[2], k[1]) for k in latest if k[0] == "compiled" and "-fp8" in k[1] and "ms" in latest[k]})
+    if not fp8:
+        return []
+    out = ["\n### FP8 retrieval KV, compiled decode (ms; ratios: this policy's step over the other's)\n",
+           "| B | N | policy | ms | bf16 plan | vs bf16 plan | vs zigzag | bytes read (weights + KV) / bf16 plan's |",
+           "|---" * 8 + "|"]
+    for b, n, p in fp8:
+        r, base = latest["compiled", p, n, b], p.split("-fp8")[0]
+        o, z = latest.get(("compiled", base, n, b), {}), latest.get(("compiled", "zigzag", n, b), {})
+        cells = [f"{r['ms'] / o['ms']:.3f}×" if "ms" in o else "–", f"{r['ms'] / z['ms']:.3f}×" if "ms" in z else "–",
+                 f"{r['bytes'] / o['bytes']:.2f}" if "bytes" in o else "–"]
+        out.append(f"| {b} | {n} | {p} | {r['ms']:.2f} | {base} | " + " | ".join(cells) + " |")
+    return out
+
+
 def report(rows: list[dict], png: str | None) -> str:
     """Tables (markdown) of the latest row per (part, policy, n, batch), with bounds and ratios."""
     latest = {}
@@ -89,12 +109,13 @@ def report(rows: list[dict], png: str | None) -> str:
             z, k = r["zigzag"], r["fullk"]
             if "ms" not in z:
                 continue
-            ms = " | ".join(f"{r[p]['ms']:.2f}" if "ms" in r[p] else r[p].get("skipped", "–") for p in POLICIES)
+            ms = " | ".join(f"{r[p]['ms']:.2f}" if "ms" in r[p] else r[p].get("skipped", "–") for p in BASE)
             ratio = {p: f"{r[p]['ms'] / z['ms']:.2f}×" if "ms" in r[p] else "–" for p in POLICIES}
             bound = self_bound(r, z)
             share = f"{k['ms'] / z['ms'] / bound:.0%}" if "ms" in k else "–"
             out.append(f"| {b} | {n} | {ms} | {ratio['full']} | {ratio['fullk']} | {bound:.2f}× | {share} | "
                        f"{ratio['mixed']} | {z['ms'] / z['bound_ms']:.2f}× | {z['TBps']:.2f} |")
+    out += fp8_table(latest)
     keys = sorted({(k[3], k[2]) for k in latest if k[0] == "prefill"})
     if keys:
         out.append("\n### Prefill (ms; ratios are speed-ups of zigzag)\n")
@@ -106,7 +127,7 @@ def report(rows: list[dict], png: str | None) -> str:
             z, f = r["zigzag"], r["full"]
             if "ms" not in z or "ms" not in f:
                 continue
-            ms = " | ".join(f"{r[p]['ms']:.1f}" if "ms" in r[p] else r[p].get("skipped", "–") for p in POLICIES)
+            ms = " | ".join(f"{r[p]['ms']:.1f}" if "ms" in r[p] else r[p].get("skipped", "–") for p in BASE)
             ratio = {p: f"{r[p]['ms'] / z['ms']:.2f}×" if "ms" in r[p] else "–" for p in POLICIES}
             bound = f["tflop"] / z["tflop"]
             out.append(f"| {b} | {n} | {ms} | {ratio['full']} | {ratio['fullk']} | {bound:.2f}× | "
@@ -167,7 +188,8 @@ def plot(latest: dict, png: str) -> None:
               ("compiled", 8, "compiled decode ms/step, B=8"), ("eager", 1, "eager decode ms/step, B=1")]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (part, b, title) in zip(axes, panels, strict=True):
-        for p, style in zip(POLICIES, ("k-o", "k--x", "C1-s", "C0-^"), strict=True):
+        for p in POLICIES:
+            style = STYLES.get(p, "C3-.")
             pts = sorted((k[2], r["ms"]) for k, r in latest.items() if k[:2] == (part, p) and k[3] == b and "ms" in r)
             if pts:
                 ax.plot(*zip(*pts, strict=True), style, label=p)

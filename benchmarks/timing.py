@@ -75,14 +75,26 @@ def reset_peak() -> int:
 
 
 def mark_filled(cache, n: int) -> None:
-    """Make a static cache look as if `n` tokens had been seen (its contents stay as they are).
+    """Make a static cache look as if `n` tokens had been seen, its buffers filled with random values in place.
 
-    Decode work does not depend on key values: static layers attend over their whole buffer under a mask,
-    rings over their slots. Positions matter for masks only, so they are set as a real prefill would.
+    Decode work does not depend on which values the keys hold: static layers attend over their whole buffer under a
+    mask, rings over their slots. Positions matter for masks only, so they are set as a real prefill would. The
+    values are random rather than the allocation's zeros (which can time faster than real data): 16-bit ones
+    normal, float8 ones finite random bytes with their scales at 0.01.
     """
     for layer in cache.layers:
         for sub in (layer.full, layer.stream) if isinstance(layer, StaticMixedLayer) else (layer,):
             sub.cumulative_length.fill_(n)
+            for name in ("keys", "values", "key_scale", "value_scale"):
+                t = getattr(sub, name, None)
+                if t is None or not sub.is_initialized:
+                    continue
+                if t.element_size() == 1:
+                    t.view(torch.uint8).random_(0, 120)  # e4m3fn bytes below 0x78: finite, |x| < 256
+                elif "scale" in name:
+                    t.fill_(0.01)
+                else:
+                    t.normal_()
     if isinstance(cache, ZigzagStaticCache) and cache.ring_pos is not None:
         ring = [layer for layer in cache.layers if isinstance(layer, (RingLayer, StaticMixedLayer))]
         if ring:

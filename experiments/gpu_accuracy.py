@@ -169,8 +169,14 @@ def _cell(job):
 def evaluate(args, cfg, model, tok, state: Path, out: Path, cache: dict) -> None:
     """Every policy on the prompts of `cache` ((task, length) -> samples), in matrix_policies.PRIORITY order,
     until --deadline."""
-    plans = mp.policies(cfg, describe(model), state)
-    known = set(mp.KNOWN) & set(plans)
+    info = describe(model)
+    plans = mp.policies(cfg, info, state)
+    extra = [n for n in (args.policies or "").split(",") if mp.is_extended(n)]
+    try:
+        plans.update({n: mp.extended(n, plans, cfg, info, state) for n in extra})
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"--policies: {e}") from None
+    known = (set(mp.KNOWN) | set(extra)) & set(plans)
     unknown = sorted(set(args.policies.split(",")) - known) if args.policies else []
     if unknown:  # a misspelt or unavailable policy would otherwise be skipped without a word
         raise SystemExit(f"--policies: no such policy here: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -187,7 +193,7 @@ def evaluate(args, cfg, model, tok, state: Path, out: Path, cache: dict) -> None
                 fh.write(json.dumps(row) + "\n")
 
     lengths = list(cfg["lengths"])
-    for names, tasks in mp.PRIORITY:
+    for names, tasks in [*mp.PRIORITY, (extra, mp.TASKS)]:  # extended names: in the order given
         for name in names:
             if name not in plans or (args.policies and name not in args.policies.split(",")):
                 continue
@@ -215,6 +221,8 @@ def evaluate(args, cfg, model, tok, state: Path, out: Path, cache: dict) -> None
                     row = {"model": args.name, "policy": name, "task": task, "length": n, "prompts": len(samples),
                            "answers": len(m.correct), "correct": sum(m.correct), "accuracy": m.accuracy,
                            "loss": m.loss, "kv_fraction": 1.0 if plan is None else plan.kv_fraction(n),
+                           **({} if plan is None else {"window": plan.window, "sink": plan.sink,
+                                                       "kv_dtype": plan.kv_dtype}),
                            "per_genre": {g: sum(m.correct[i] for i in _answers(samples, g, cfg["n"]))
                                          for g in GENRES}}
                     write(row)
@@ -283,8 +291,9 @@ def main() -> None:
     if not (args.model and args.name):
         ap.error(f"{args.command} needs --model and --name")
     names = set(mp.KNOWN)
-    if args.policies and set(args.policies.split(",")) - names:  # before any slow work; availability: evaluate
-        ap.error(f"--policies: unknown {', '.join(sorted(set(args.policies.split(',')) - names))}")
+    bad = [n for n in (args.policies or "").split(",") if n and n not in names and not mp.is_extended(n)]
+    if bad:  # before any slow work; availability: evaluate
+        ap.error(f"--policies: unknown {', '.join(bad)}")
     if args.tasks and set(args.tasks.split(",")) - set(mp.TASKS):
         bad = ", ".join(sorted(set(args.tasks.split(",")) - set(mp.TASKS)))
         ap.error(f"--tasks: unknown {bad} (known: {', '.join(mp.TASKS)})")

@@ -240,19 +240,42 @@ case $job in
       python $A eval "${a[@]}" --policies hybrid-m1@$r,hybrid-m2@$r,hybrid-m4@$r,hybrid-m2-s8@$r,hybrid-m4-s8@$r \
         2>&1 | grep --line-buffered -v Warning
     done ;;
+  q15f|q05f)  # FP8 retrieval KV and budget choice (window, sink, KV dtype): zz.choose's pick at 50% and 25% of full's
+              # KV at 32k (budget_choice.py), then the accuracy that decides whether it pays, the equal-bytes baselines
+              # (the head plan with the same freedom, the best of random layer sets) first
+    if [ $job = q15f ]; then seed q15f docs/results/qwen15; q15s q15f
+    else seed q05f docs/results/qwen; a=("${q05[@]}" --state $S/q05f --out $S/out/q05f --cache $M/q05f-bf16); fi
+    log "budget choice at 32768 tokens"
+    python experiments/budget_choice.py "${a[@]}" --budgets 0.25,0.5 --length 32768 2>&1 | grep -v Warning | tail -20
+    r5=$(for i in 1 2 3 4 5; do printf 'random-%s~b0.25~fp8,' $i; done)
+    R4=multikey,multivalue,multiquery,vartrack
+    chunks a "$R4,niah,passkey full+fp8,choice~b0.25" "multiquery full,duo@0.25,zigzag@0.5,duo@0.5" \
+      "$R4 duo~b0.25~fp8" "multikey,multivalue,niah,passkey,vartrack zigzag@0.5+fp8,zigzag@0.25+fp8" \
+      "multikey,multivalue ${r5%,}" "$R4 choice~b0.5,duo~b0.5~fp8" ;;
+  q15w)  # beside q15f: the other candidates of the 25% budget (does validation pick the matrix's best?)
+    seed q15w docs/results/qwen15; q15s q15w
+    while [ ! -f $S/q15f/choice-b0.5.json ] && [ $(date +%s) -lt $until ]; do sleep 10; done
+    cp $S/q15f/choice-b*.json $S/q15w/ 2>/dev/null
+    c=$(for w in 256 1024 4096; do printf 'zigzag~b0.25~w%s~s64,zigzag~b0.25~w%s~s64~fp8,' $w $w; done)
+    chunks a "multikey,multivalue,multiquery,vartrack ${c%,}" "multikey,multivalue,multiquery,vartrack duo~b0.25~w4096" ;;
+  conf)  # FP8 on the GPU: the fused kernel's tests, and conformance against the float32 reference
+    mkdir -p $S/out/conf
+    python -m pytest -q tests/test_fp8.py 2>&1 | tail -5
+    python benchmarks/gpu_conformance.py --fp8-only --smollm2 $SM --out $S/out/conf/gpu_conformance_fp8.json 2>&1 \
+      | grep -v Warning | tee $S/out/conf/conformance_fp8.log | tail -40 ;;
   watch)
     jobs=$(cd $S/jobs && ls *.log 2>/dev/null | sed 's/\.log$//')
     pack() { cp $S/jobs/*.log $S/out/ 2>/dev/null; tar czf $OUT/results.tgz -C $S out; }
-    while [ $(date +%s) -lt $(( until - 20 )) ] && pgrep -f "gpu_jobs.sh [qs]" > /dev/null; do
+    while [ $(date +%s) -lt $(( until - 20 )) ] && pgrep -f "gpu_jobs.sh [qsc]" > /dev/null; do
       sleep 60
       for j in $jobs; do echo "$j: $(grep -a '^\[' $S/jobs/$j.log 2>/dev/null | tail -1 | cut -c1-150)"; done
       pack  # every minute: a call cut off by its time limit still brings back what was done
     done
-    pgrep -f "gpu_jobs.sh [qs]" > /dev/null || echo "all jobs ended"
+    pgrep -f "gpu_jobs.sh [qsc]" > /dev/null || echo "all jobs ended"
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
     pack && ls -la $OUT/results.tgz
     for j in $jobs; do echo "== $j"; grep -v "it/s\]" $S/jobs/$j.log | tail -8 | cut -c1-200; done ;;
-  *) echo "usage: gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15j|q15k|q15l|q15m|q05a|q05b|q05c|q05d|sm|sm2|sm3 BG_END | watch END" >&2
+  *) echo "usage: gpu_jobs.sh q15|q15b|q15c|q15d|q15e|q15g|q15h|q15j|q15k|q15l|q15m|q15f|q15w|q05a|q05b|q05c|q05d|q05f|sm|sm2|sm3|conf BG_END | watch END" >&2
      exit 2 ;;
 esac
 log "ended"

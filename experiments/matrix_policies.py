@@ -20,7 +20,7 @@ from zigzag_attn.eval import all_streaming, random_sets
 from zigzag_attn.plan import SHIPPED_DIR
 
 RATIOS = (0.5, 0.33, 0.25)
-TASKS = ("multikey", "multivalue", "vartrack", "niah", "passkey", "commonwords")
+TASKS = ("multikey", "multivalue", "multiquery", "vartrack", "niah", "passkey", "commonwords")
 MAX_RANDOMS = 20  # random-1@r .. random-20@r; a state evaluates the first cfg["randoms"] of them
 PRIORITY = [  # (policies, tasks) chunks, most needed first; every length of --lengths
     (["full", "zigzag@0.5", "duo@0.5", "streaming", "zigzag@0.25", "duo@0.25"], TASKS),
@@ -107,3 +107,69 @@ def plan_file(state: Path, r: float) -> Path:
     if len(found) != 1:
         raise FileNotFoundError(f"expected one calibrated plan for ratio {r} in {state}; found {found}")
     return found[0]
+
+
+# -- plans at a KV budget, with a window, sink and KV dtype of their own -------------------------------------------
+# NAME+fp8           the plan of policy NAME with FP8 retrieval KV ("full+fp8": every layer retrieval, in FP8)
+# M~bF[~wW][~sS][~fp8] solved for KV budget F (of full 16-bit KV at the longest evaluated length), window W
+#                    (default 256), sink S (default 64), KV dtype; M: zigzag (robust scores), duo (head gates, per
+#                    head), gatemax, ablation, random-I (the I-th random layer ranking)
+# choice~bF          the plan zz.choose picked for budget F (experiments/budget_choice.py, state/choice-bF.json)
+EXTENDED = ("+fp8", "~b")
+
+
+def is_extended(name: str) -> bool:
+    return name.endswith("+fp8") or "~b" in name
+
+
+def extended(name: str, plans: dict, cfg, info: zz.ModelInfo, state: Path) -> zz.Plan:
+    """The plan of an extended policy name (see above); ValueError naming what is wrong with the name."""
+    if name.endswith("+fp8"):
+        base = name[:-4]
+        if base == "full":
+            return zz.Plan.from_layers(["retrieval"] * info.num_layers, sink=64, window=256, model=info,
+                                       kv_dtype="fp8")
+        if base not in plans or plans[base] is None:
+            raise ValueError(f"{name}: no policy {base!r} here")
+        return plans[base].with_kv_dtype("fp8")
+    method, *parts = name.split("~")
+    opts = {"sink": 64, "window": 256, "kv_dtype": "model"}
+    budget = None
+    for part in parts:
+        if part == "fp8":
+            opts["kv_dtype"] = "fp8"
+        elif part[:1] in "bws" and part[1:].replace(".", "", 1).isdigit():
+            if part[0] == "b":
+                budget = float(part[1:])
+            else:
+                opts["window" if part[0] == "w" else "sink"] = int(part[1:])
+        else:
+            raise ValueError(f"{name}: cannot read {part!r} (expected bF, wW, sS or fp8)")
+    if budget is None:
+        raise ValueError(f"{name}: no budget (~bF)")
+    if method == "choice":
+        return zz.Plan.load(state / f"choice-b{budget}.json")
+    n = max(cfg["lengths"])
+    scores = _scores(method, info, state)
+    if method == "duo":
+        return zz.solve_heads(scores, kv_budget=budget, context_length=n, **opts)
+    return zz.solve(scores, kv_budget=budget, context_length=n, **opts)
+
+
+def _scores(method: str, info: zz.ModelInfo, state: Path) -> zz.Scores:
+    if method == "zigzag":
+        return zz.Scores.load(state / "robust_scores.json")
+    if method == "ablation":
+        rise = torch.tensor(zz.Scores.load(state / "robust_scores.json").meta["ablation"])
+        return zz.Scores(rise[:, None].expand(-1, info.num_kv_heads), rise, model=info, method="ablation-worst-task")
+    if method in ("duo", "gatemax"):
+        heads = zz.Scores.load(state / "head_scores.json")
+        if method == "duo":
+            return heads
+        top = torch.as_tensor(heads.heads).float()
+        return zz.Scores(top, top.max(dim=1).values, model=heads.model, method="gates-max-per-layer")
+    if method.startswith("random-") and method[7:].isdigit():
+        g = torch.Generator().manual_seed(1000 + int(method[7:]))
+        layers = torch.rand(info.num_layers, generator=g)
+        return zz.Scores(layers[:, None].expand(-1, info.num_kv_heads), layers, model=info, method=method)
+    raise ValueError(f"unknown method {method!r} (zigzag, duo, gatemax, ablation, random-I, choice)")

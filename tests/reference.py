@@ -19,10 +19,11 @@ _ids = itertools.count()
 
 
 def _eager(q, k, v, allowed, scaling):
+    dt = torch.float64 if q.dtype == torch.float64 else torch.float32  # float64 models: their own precision
     groups = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(groups, dim=1).float()
-    v = v.repeat_interleave(groups, dim=1).float()
-    scores = (q.float() @ k.transpose(-1, -2)) * scaling
+    k = k.repeat_interleave(groups, dim=1).to(dt)
+    v = v.repeat_interleave(groups, dim=1).to(dt)
+    scores = (q.to(dt) @ k.transpose(-1, -2)) * scaling
     allowed = allowed | ~allowed.any(-1, keepdim=True)  # padding queries: avoid NaN, ignored later
     probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
     return (probs @ v).to(q.dtype).transpose(1, 2).contiguous()

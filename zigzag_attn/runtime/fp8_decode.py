@@ -19,7 +19,7 @@ import importlib.util
 import torch
 
 BLOCK_N = 64
-SUPPORTED_HEAD_DIMS = (32, 64, 128, 256)
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
 def triton_installed() -> bool:

@@ -70,13 +70,14 @@ def _grouped(q: torch.Tensor, k: torch.Tensor) -> bool:
 def _chunks(q, k, v, mask, c: int):
     """Unnormalised outputs, maxima and sums of exp-scores over `c` equal key chunks: `(batch, kv, c, group, .)`."""
     b, kv, n, d = k.shape
-    scores = torch.matmul(q.to(k.dtype), k.reshape(b, kv, c, n // c, d).transpose(-1, -2)).float()
+    acc = torch.promote_types(k.dtype, torch.float32)  # float32 at least (float64 models keep theirs)
+    scores = torch.matmul(q.to(k.dtype), k.reshape(b, kv, c, n // c, d).transpose(-1, -2)).to(acc)
     if mask is not None:
         mask = mask.reshape(mask.shape[0], 1, c, 1, n // c)
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     top = scores.amax(-1, keepdim=True)
     p = torch.exp(scores - torch.where(top == float("-inf"), 0.0, top))
-    return torch.matmul(p.to(v.dtype), v.reshape(b, kv, c, n // c, d)).float(), top, p.sum(-1, keepdim=True)
+    return torch.matmul(p.to(v.dtype), v.reshape(b, kv, c, n // c, d)).to(acc), top, p.sum(-1, keepdim=True)
 
 
 def sink_window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_pos: torch.Tensor,
