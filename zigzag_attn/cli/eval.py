@@ -85,10 +85,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         if args.eval_command == "ppl":
             from ..eval.ppl import documents
 
-            texts = documents(args.text)
+            texts = _text(documents, args.text)
         else:
             scores = Scores.load(args.scores) if args.scores else None
-            text = load_text(args.text) if args.text else None
+            text = _text(load_text, args.text) if args.text else None
             duo = args.duo or (args.eval_command == "compare" and not args.no_duo)
             problem = head_scores_problem(scores) if duo and plans else None
             if problem and args.duo:
@@ -260,6 +260,14 @@ def _plans(paths: list[str]) -> dict[str, Plan]:
 def _check_out(path: str | None, flag: str) -> None:
     if path and not Path(path).resolve().parent.is_dir():
         raise ValueError(f"{flag} {path}: the directory {Path(path).resolve().parent} does not exist")
+
+
+def _text(load, source):
+    """`load(source)`: the --text files, refused (not text, no text, missing) naming the flag."""
+    try:
+        return load(source)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"argument --text: {e}") from None
 
 
 def _lengths(s: str) -> list[int]:
