@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import gzip
 
+import torch
 from test_cli import run
 
+import zigzag_attn as zz
 from zigzag_attn.data import load_text
 
 
@@ -15,6 +17,24 @@ def refused(capsys, argv, flag: str, words: str) -> None:
     code, _, err = run(capsys, *argv)
     last = err.strip().splitlines()[-1]
     assert code == 2 and f"argument {flag}" in last and words in last and "Traceback" not in err, err
+
+
+def robust_hybrid(tiny_dir, tmp_path) -> list[str]:
+    return ["calibrate", str(tiny_dir), "--out", str(tmp_path / "p.json"), "--method", "robust", "--kv-budget", "0.5",
+            "--context-length", "2048", "--max-mixed", "2", "--head-scores"]
+
+
+def test_head_scores_of_another_model_with_the_same_shape(capsys, tiny_dir, tmp_path, no_weights):
+    """gemma3-270m's head scores (head_dim 256, its own sliding layers) on a Llama of the same layers x heads."""
+    gemma = zz.ModelInfo("gemma3_text", 4, 2, 256, name="gemma3-270m", native_sliding={0: 512, 1: 512, 2: 512})
+    path = tmp_path / "gemma.json"
+    zz.Scores(torch.rand(4, 2), model=gemma, method="gates").save(path)
+    refused(capsys, [*robust_hybrid(tiny_dir, tmp_path), str(path)], "--head-scores",
+            "the scores were made for a 'gemma3_text' model but the model is 'llama' (they were measured on gemma3")
+    odd = tmp_path / "odd.json"  # no model type recorded: head_dim still counts
+    zz.Scores(torch.rand(4, 2), model=zz.ModelInfo(None, 4, 2, 64), method="gates").save(odd)
+    refused(capsys, [*robust_hybrid(tiny_dir, tmp_path), str(odd)], "--head-scores",
+            "made for head_dim 64 but the model has 8")
 
 
 def test_files_that_are_not_text_are_not_haystacks(capsys, tiny_dir, tmp_path, no_weights):
@@ -33,3 +53,11 @@ def test_files_that_are_not_text_are_not_haystacks(capsys, tiny_dir, tmp_path, n
     empty = tmp_path / "empty.txt"
     empty.write_text(" \n")
     refused(capsys, ["eval", "ppl", m, "--text", str(empty)], "--text", "empty.txt holds no text")
+
+
+def test_eval_arguments_checked_before_the_weights_load(capsys, tiny_dir, tmp_path, no_weights):
+    m = str(tiny_dir)
+    plan = zz.Plan.from_layers(["retrieval", "streaming"] * 2, sink=4, window=16).save(tmp_path / "half.json")
+    wide = zz.Scores(torch.rand(6, 2), model=zz.ModelInfo("llama", 6, 2, 8), method="gates").save(tmp_path / "w.json")
+    refused(capsys, ["eval", "niah", m, "--lengths", "512", "--plan", str(plan), "--duo", "--scores", str(wide)],
+            "--scores", "the scores have 6 layers x 2 KV heads, but the model has 4 x 2")

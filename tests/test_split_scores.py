@@ -71,3 +71,20 @@ def test_errors():
         split_layer_scores(layers, Scores(torch.ones(5, 2)))
     with pytest.raises(TypeError, match="heads must be a Scores"):
         split_layer_scores(layers, torch.ones(6, 2))
+
+
+def test_head_scores_of_another_model_are_refused():
+    """The same layers x heads are not enough: the model type, head_dim and own sliding layers must match too, as a
+    plan's must (`Plan.check_model`)."""
+    layers = ranks([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    for other, words in ((ModelInfo("gemma3_text", 6, 2, 8), "made for a 'gemma3_text' model but the model of layers "
+                                                              "is 'llama'"),
+                         (ModelInfo("llama", 6, 2, 256), "made for head_dim 256 but the model of layers has 8"),
+                         (ModelInfo("llama", 6, 2, 8, native_sliding={0: 512, 3: 512}),
+                          r"own sliding-window layers are \[0, 3\] but the model of layers has none")):
+        with pytest.raises(ValueError, match=words):
+            split_layer_scores(layers, Scores(torch.rand(6, 2), model=other))
+    with pytest.raises(ValueError, match="heads: the scores have 6 layers x 4 KV heads, but the model of layers has "
+                                         "6 x 2"):
+        split_layer_scores(layers, Scores(torch.rand(6, 4), model=ModelInfo("llama", 6, 4, 8)))
+    assert split_layer_scores(layers, Scores(torch.rand(6, 2), model=ModelInfo(None, 6, 2, 8))).model == MODEL

@@ -95,6 +95,17 @@ class Scores:
 
     __hash__ = None  # mutable tensors inside
 
+    def check_model(self, info: ModelInfo, this: str = "the model") -> None:
+        """Raise ValueError unless these scores were measured on a model like `info` (called `this`): the same layers
+        x KV heads and, where the scores record their model, its type, head_dim and own sliding-window layers."""
+        on = f" (they were measured on {self.model.name})" if self.model and self.model.name else ""
+        if (self.num_layers, self.num_kv_heads) != (info.num_layers, info.num_kv_heads):
+            raise ValueError(f"the scores have {self.num_layers} layers x {self.num_kv_heads} KV heads, but {this} has "
+                             f"{info.num_layers} x {info.num_kv_heads}{on}")
+        problem = self.model and self.model.mismatch(info, this, native=True)
+        if problem:
+            raise ValueError(f"the scores were {problem}{on}")
+
     # -- persistence --------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """float32 values are written as exact doubles, so a JSON round trip is lossless."""
@@ -160,9 +171,11 @@ def split_layer_scores(layers: Scores, heads: Scores, *, sharpness: float = 1.0,
             raise TypeError(f"{what} must be a Scores; got {type(s).__name__}")
     if layers.num_layers != heads.num_layers:
         raise ValueError(f"layers has {layers.num_layers} layers but heads has {heads.num_layers}")
-    if layers.model is not None and heads.model is not None and (
-            layers.model.num_layers, layers.model.num_kv_heads) != (heads.model.num_layers, heads.model.num_kv_heads):
-        raise ValueError("layers and heads were measured on models of different shapes")
+    if layers.model is not None and heads.model is not None:
+        try:
+            heads.check_model(layers.model, "the model of layers")
+        except ValueError as e:
+            raise ValueError(f"heads: {e}") from None
     if (layers.layers < 0).any():
         raise ValueError(f"layer scores must be >= 0 to be shared among heads; the lowest is "
                          f"{float(layers.layers.min())} (shift or rank them first)")

@@ -256,7 +256,8 @@ def _cost(args):
 
 
 def _head_scores(args, info):
-    """The --head-scores file, checked against MODEL's shape before its weights load (None without the flag)."""
+    """The --head-scores file, checked against MODEL (shape, type, head_dim, own sliding layers) before its weights
+    load (None without the flag)."""
     from ..eval.policies import head_scores_problem
     from ..scores import Scores
 
@@ -266,11 +267,10 @@ def _head_scores(args, info):
         scores = Scores.load(args.head_scores)
     except (OSError, ValueError) as e:
         raise UsageError(f"argument --head-scores: {e}") from None
-    if (scores.num_layers, scores.num_kv_heads) != (info.num_layers, info.num_kv_heads):
-        raise UsageError(f"argument --head-scores: {args.head_scores} scores {scores.num_layers} layers x "
-                         f"{scores.num_kv_heads} KV heads, but the model has {info.num_layers} x {info.num_kv_heads}"
-                         + (f" (they were measured on {scores.model.name})" if scores.model and scores.model.name
-                            else ""))
+    try:
+        scores.check_model(info)
+    except ValueError as e:
+        raise UsageError(f"argument --head-scores: {args.head_scores}: {e}") from None
     problem = head_scores_problem(scores)
     if problem or bool((scores.heads < 0).any()):
         raise UsageError(f"argument --head-scores: {problem or 'head scores must be >= 0 (shares of a layer)'}")

@@ -76,6 +76,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if getattr(args, "eval_command", None) is None:
         args.parser.print_help()
         return 2
+    scores = None
     try:
         plans = _plans(args.plan)
         for out in ("json", "png", "budget_png", "heatmap_png"):
@@ -108,6 +109,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             plan.check_model(target.info)
         except ValueError as e:
             raise UsageError(f"argument --plan: {name}: {e}") from None
+    if scores is not None:
+        try:
+            scores.check_model(target.info)
+        except ValueError as e:
+            raise UsageError(f"argument --scores: {args.scores}: {e}") from None
     if args.eval_command == "ppl":
         target.check_length(args.max_tokens, "--max-tokens")
     else:
