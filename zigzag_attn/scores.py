@@ -6,6 +6,7 @@ Pure data, like `Plan`: JSON in, JSON out, never pickle. Solvers in `zigzag_attn
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -184,9 +185,13 @@ def split_layer_scores(layers: Scores, heads: Scores, *, sharpness: float = 1.0,
                          f"{float(heads.heads.min())}")
     if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)) or not 0 < sharpness < float("inf"):
         raise ValueError(f"sharpness must be a number > 0 (the power of the head scores); got {sharpness!r}")
-    h = heads.heads.double() ** sharpness
-    total = h.sum(dim=1, keepdim=True)
-    share = torch.where(total > 0, h / total.clamp_min(1e-300), 1.0 / h.shape[1])
+    # in log space, relative to each layer's largest head: w ** sharpness neither underflows (1e-5 and 3e-5 at 80)
+    # nor overflows (1e30 at 20); a zero head stays 0 and a layer of zeros shares equally
+    log = heads.heads.double().log()
+    top = log.max(dim=1, keepdim=True).values
+    w = torch.where(log > -math.inf, (log - top) * sharpness, -math.inf).exp()
+    total = w.sum(dim=1, keepdim=True)  # >= 1 (the largest head's 1) unless every head is 0
+    share = torch.where(total > 0, w / total.clamp_min(1.0), 1.0 / w.shape[1])
     split = (layers.layers.double()[:, None] * share).float()
     meta = {"layers_method": layers.method, "heads_method": heads.method, "sharpness": sharpness}
     return Scores(split, layers.layers, layers.model or heads.model,
