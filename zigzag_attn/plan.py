@@ -64,6 +64,8 @@ class ModelInfo:
             if not k.isdigit():
                 raise ValueError(f"model.native_sliding keys are layer numbers; got {k!r}")
             native[int(k)] = need(v, int, f"model.native_sliding[{k}]")
+            if v < 1:
+                raise ValueError(f"model.native_sliding[{k}] must be >= 1 (the layer's own window in tokens); got {v}")
         return cls(**{**d, "native_sliding": native})
 
     def mismatch(self, other: ModelInfo, this: str = "this model", native: bool = False) -> str | None:
