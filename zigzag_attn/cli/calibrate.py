@@ -239,7 +239,7 @@ def _save(args, argv: list[str], plan, start: float, extra: dict[str, Any], opts
 
 def _cost(args):
     """The cost model for --latency-budget (None without one): --cost FILE, else the figures for this GPU."""
-    from ..cost import CostModel
+    from ..cost import BEYOND, CostModel
 
     if args.latency_budget is None:
         return None
@@ -250,7 +250,7 @@ def _cost(args):
             cost = CostModel.load(args.cost)
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(f"argument --cost: {e}") from None
-        cost.source = f"measured: {args.cost} (--cost)"
+        cost.source = f"measured: {args.cost} (--cost){BEYOND}"
     say(f"latency model: {cost.source}")
     return cost
 
