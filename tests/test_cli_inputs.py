@@ -5,7 +5,9 @@ files that are not text, cost files out of range, output paths that cannot be wr
 from __future__ import annotations
 
 import gzip
+import json
 
+import pytest
 import torch
 from test_cli import run
 
@@ -53,6 +55,32 @@ def test_files_that_are_not_text_are_not_haystacks(capsys, tiny_dir, tmp_path, n
     empty = tmp_path / "empty.txt"
     empty.write_text(" \n")
     refused(capsys, ["eval", "ppl", m, "--text", str(empty)], "--text", "empty.txt holds no text")
+
+
+def test_cost_files_out_of_range(capsys, tiny_dir, tmp_path, no_weights):
+    argv = ["calibrate", str(tiny_dir), "--out", str(tmp_path / "p.json"), "--method", "gates", "--granularity",
+            "head", "--kv-budget", "0.5", "--context-length", "2048", "--max-mixed", "1", "--latency-budget", "1",
+            "--cost"]
+    endless = tmp_path / "endless.json"
+    data = zz.CostModel(points={("decode", 1, h, 2, 8): [(2048, 1.0)] for h in range(3)}).to_json()
+    data["points"][0]["seconds"] = float("inf")
+    endless.write_text(json.dumps(data))  # "seconds": Infinity
+    refused(capsys, [*argv, str(endless)], "--cost", "seconds >= 0 and finite; got seconds=inf")
+    slow = zz.CostModel(bandwidth=1e-305).save(tmp_path / "slow.json")  # finite, but reads overflow to inf
+    refused(capsys, [*argv, str(slow)], "--cost", "the cost model predicts inf s for a layer with 0 of 2 retrieval")
+    free = zz.CostModel().to_json()
+    free["dtype_bytes"] = 0
+    (tmp_path / "free.json").write_text(json.dumps(free))
+    refused(capsys, [*argv, str(tmp_path / "free.json")], "--cost", "dtype_bytes must be > 0")
+    # figures for two of the three layer kinds, below this context length: each prediction says where it came from
+    part = zz.CostModel(points={("decode", 1, h, 2, 8): [(512, 0.1), (1024, 0.1)] for h in (0, 2)})
+    with pytest.raises(AssertionError, match="the weights were loaded"):  # feasible: on to the weights
+        run(capsys, *argv, str(part.save(tmp_path / "part.json")))
+    err = capsys.readouterr().err
+    assert "latency model: measured: " in err and "extrapolated" in err.split("latency model:")[1]
+    assert ("latency predictions: 0 of 2 retrieval heads at 2048 tokens, 2 of 2 retrieval heads at 2048 tokens: "
+            "extrapolated: outside the measured 512..1024 tokens") in err
+    assert "; 1 of 2 retrieval heads at 2048 tokens: fallback: the bytes-read model" in err
 
 
 def test_eval_arguments_checked_before_the_weights_load(capsys, tiny_dir, tmp_path, no_weights):

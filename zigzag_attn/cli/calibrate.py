@@ -96,8 +96,15 @@ def run(args, argv: list[str]) -> int:
     try:
         floor = solve(Scores(torch.zeros(info.num_layers, info.num_kv_heads), model=info), **solve_kw)
     except ValueError as e:
-        flag = "latency_budget" if "latency_budget" in str(e) else next(iter(opts["constraint"]))
-        raise UsageError(f"argument --{flag.replace('_', '-')}: {e}") from None
+        flag = "--" + next(iter(opts["constraint"])).replace("_", "-")
+        if "latency_budget" in str(e) or "cost model" in str(e):
+            flag = "--cost" if args.cost and "cost model" in str(e) else "--latency-budget"
+        raise UsageError(f"argument {flag}: {e}") from None
+    if args.latency_budget is not None:  # which figures the latency predictions come from
+        by_origin: dict[str, list[str]] = {}
+        for what, origin in floor.provenance["cost_model"]["origins"].items():
+            by_origin.setdefault(origin, []).append(what)
+        say("latency predictions: " + "; ".join(f"{', '.join(w)}: {o}" for o, w in by_origin.items()))
     choosable = info.num_layers - len(info.native_sliding)
     heads = floor.provenance["constraint"].get("retrieval_heads")  # hybrid plans count heads
     k = floor.provenance["constraint"].get("retrieval_layers", (heads or 0) // info.num_kv_heads)
