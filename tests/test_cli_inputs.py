@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from test_cli import run
+from test_cli import PNG_MAGIC, run
 
 import zigzag_attn as zz
 from zigzag_attn.data import load_text
@@ -83,9 +83,26 @@ def test_cost_files_out_of_range(capsys, tiny_dir, tmp_path, no_weights):
     assert "; 1 of 2 retrieval heads at 2048 tokens: fallback: the bytes-read model" in err
 
 
+def test_outputs_checked_before_the_work(capsys, tiny_dir, tmp_path, no_weights):
+    m, folder = str(tiny_dir), str(tmp_path)
+    refused(capsys, ["eval", "niah", m, "--lengths", "512", "--json", folder], "--json", "is a directory")
+    refused(capsys, ["eval", "ppl", m, "--json", folder], "--json", "is a directory")
+    refused(capsys, ["eval", "ruler", m, "--lengths", "512", "--png", folder], "--png", "is a directory")
+
+
 def test_eval_arguments_checked_before_the_weights_load(capsys, tiny_dir, tmp_path, no_weights):
     m = str(tiny_dir)
     plan = zz.Plan.from_layers(["retrieval", "streaming"] * 2, sink=4, window=16).save(tmp_path / "half.json")
     wide = zz.Scores(torch.rand(6, 2), model=zz.ModelInfo("llama", 6, 2, 8), method="gates").save(tmp_path / "w.json")
     refused(capsys, ["eval", "niah", m, "--lengths", "512", "--plan", str(plan), "--duo", "--scores", str(wide)],
             "--scores", "the scores have 6 layers x 2 KV heads, but the model has 4 x 2")
+    refused(capsys, ["eval", "ppl", m, "--max-tokens", "1"], "--max-tokens", "expected an integer >= 2")
+
+
+def test_show_png_names_the_file_it_wrote(capsys, tmp_path):
+    plan = zz.Plan.from_layers(["retrieval", "streaming"], sink=4, window=8).save(tmp_path / "p.json")
+    out = tmp_path / "OUT"
+    code, printed, err = run(capsys, "show", str(plan), "--png", str(out))
+    assert code == 0, err
+    assert f"wrote {out}\n" in printed and out.read_bytes().startswith(PNG_MAGIC)
+    assert not (tmp_path / "OUT.png").exists()
