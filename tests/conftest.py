@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import zigzag_attn as zz
+from zigzag_attn import models
+from zigzag_attn.data import load_text
 
 
 def pytest_configure(config):
@@ -98,3 +101,40 @@ def smollm2():
     from zigzag_attn.models import load
 
     return load("smollm2-135m")
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A 512-token byte-level BPE trained on the shipped text: offline and fast (passkey prompts need offsets)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator([load_text()[:100_000]], trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    tok.chat_template = "{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}Assistant:"
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A random 4-layer Llama and its tokenizer saved with save_pretrained, like a user's model directory."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tok = tiny_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Loading any model's weights fails the test: what is checked here must be checked from the config alone."""
+    def load(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+    monkeypatch.setattr(models, "load", load)

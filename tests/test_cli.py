@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM
 
 import zigzag_attn as zz
 import zigzag_attn.plan as plan_module
@@ -26,35 +26,6 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A 512-token byte-level BPE trained on the shipped text: offline and fast (passkey prompts need offsets)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator([load_text()[:100_000]], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-    tok.chat_template = "{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}Assistant:"
-    return tok
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A random 4-layer Llama and its tokenizer saved with save_pretrained, like a user's model directory."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
@@ -373,14 +344,6 @@ def test_generate_refuses_files_that_are_not_text(capsys, tmp_path):
                            str(path))  # refused before the plan or the model is looked at
         last = err.strip().splitlines()[-1]
         assert code == 2 and "argument --prompt-file" in last and words in last, err
-
-
-@pytest.fixture
-def no_weights(monkeypatch):
-    """Loading any model's weights fails the test: what is checked here must be checked from the config alone."""
-    def load(*args, **kwargs):
-        raise AssertionError("the weights were loaded")
-    monkeypatch.setattr(models, "load", load)
 
 
 def test_checked_before_the_weights_load(capsys, tiny_dir, scored_plan, tmp_path, no_weights):

@@ -115,6 +115,10 @@ def test_kv_fraction():
     assert plan.kv_fraction(10) == 1.0
     with pytest.raises(ValueError, match="context_length must be >= 1"):
         plan.kv_fraction(0)
+    # a context shorter than a layer's own window (200) holds the context there, not the window, while the streaming
+    # layer beside it holds sink + window (40) of the 100 tokens: (100 + 40) / (100 + 100)
+    native = zz.ModelInfo("gemma3_text", 2, 1, 16, native_sliding={0: 200})
+    assert zz.Plan.from_layers(["retrieval", "streaming"], sink=4, window=36, model=native).kv_fraction(100) == 0.7
 
 
 def test_unsupported_transformers_version():

@@ -68,6 +68,19 @@ def test_a_forward_that_does_more_between_layers_falls_back(monkeypatch):
     assert cache.measure(modes(n, {3})) == measure(model, data, modes_plan(model, {3}))
 
 
+def test_the_first_partial_measurement_after_a_whole_forward_is_still_checked():
+    """`robust_scores` measures full attention first, a whole forward holding its inputs: that is no check, so the
+    first measurement from held inputs after it is still compared with a whole forward, and falls back."""
+    model = tiny_model("llama", seed=2)
+    n, data = zz.describe(model).num_layers, samples(model, (30, 31))
+    cache = PrefixCache(model, data, lambda m: modes_plan(model, {i for i, x in enumerate(m) if x == "streaming"}))
+    assert cache.measure(modes(n, set()), range(1, n)) == measure(model, data)
+    cache.store = {k: [t * 1.5 for t in v] for k, v in cache.store.items()}
+    with pytest.warns(UserWarning, match="measuring whole forwards"):
+        assert cache.measure(modes(n, {2})) == measure(model, data, modes_plan(model, {2}))
+    assert not cache.exact
+
+
 def test_greedy_runs_fewer_layers_than_rerunning_each_base(monkeypatch):
     """The same robust profile with held inputs (all groups fit) and with `Suffix` (one group at a time, a base
     forward each round): identical scores and records, and at most 3/4 of the decoder-layer calls overall."""

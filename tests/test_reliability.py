@@ -165,6 +165,9 @@ def plan_file(tmp_path, **fields) -> Path:
      "model.num_layers must be int; got str"),
     ({"model": {"model_type": "llama", "num_layers": 2, "num_kv_heads": 2, "head_dim": 8,
                 "native_sliding": {"0": "6"}}}, r"model.native_sliding\[0\] must be int"),
+    *(({"model": {"model_type": "gemma3_text", "num_layers": 2, "num_kv_heads": 2, "head_dim": 8,
+                  "native_sliding": {"0": w}}}, rf"model.native_sliding\[0\] must be >= 1 .* got {w}")
+      for w in (0, -6)),
 ])
 def test_inconsistent_or_loosely_typed_plan_file(tmp_path, fields, match):
     path = plan_file(tmp_path, **fields)

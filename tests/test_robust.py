@@ -88,6 +88,16 @@ def test_candidates_limit_each_round_to_the_lowest_ablation_scores(monkeypatch):
     # an ablation plan, measured already
 
 
+@pytest.mark.parametrize("keep, rounds", [(0.4, 2), (0.25, 3), (0.5, 2), (0.6, 2), (0.0, 4), (1.0, 0)])
+def test_greedy_rounds_stop_at_the_rounded_share_of_layers(monkeypatch, keep, rounds):
+    """The greedy stops at floor(keep * layers + 0.5) retrieval layers, as `solve` rounds a ratio: keep=0.4 of 4
+    layers keeps 2 (1.6 rounds up), so 2 rounds, not 3."""
+    monkeypatch.setattr(robust, "group_losses", _fake_losses({"a": {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4}}))
+    _, meta = robust.robust_scores(tiny_model("llama"), {"a": [object()]}, sink=2, window=4, keep=keep,
+                                   candidates=None, progress=False)
+    assert len(meta["greedy"]) == rounds
+
+
 def test_validation_picks_the_ranking_that_holds_on_fresh_prompts(monkeypatch):
     # calibration as in the worst-task test: greedy keeps {1, 2} at half the layers, ablation keeps {2, 3};
     # on fresh prompts layer 3 is the one that matters, so ablation's ranking must win

@@ -112,6 +112,10 @@ def test_bad_files_name_the_file(tmp_path):
                          "heads must be 2-D"),
         "badmodel.json": (json.dumps({"format": "zigzag-attn/scores", "version": 1, "heads": [[1.0]],
                                       "layers": [1.0], "model": {"num_layers": 1}}), "damaged scores file"),
+        "nowindow.json": (json.dumps({"format": "zigzag-attn/scores", "version": 1, "heads": [[1.0]], "layers": [1.0],
+                                      "model": {"model_type": "gemma3_text", "num_layers": 1, "num_kv_heads": 1,
+                                                "head_dim": 8, "native_sliding": {"0": 0}}}),
+                          "model.native_sliding[0] must be >= 1 (the layer's own window in tokens); got 0"),
     }
     for name, (content, message) in cases.items():
         path = tmp_path / name

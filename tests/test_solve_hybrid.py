@@ -149,10 +149,34 @@ def test_a_lower_score_partial_plan_can_be_the_only_one_within_the_latency_budge
     assert round(plan.provenance["predicted_latency_s"] * 1e9) == -best[2] == 19100
 
 
-def test_ties_go_to_lower_layers_and_heads():
+@pytest.mark.parametrize("latency_budget", [None, 1.0], ids=["no-latency-budget", "latency-budget"])
+def test_ties_go_to_lower_layers_and_heads(latency_budget):
+    """Equal in score and latency: more heads on lower layers, also among the partial plans a latency budget keeps."""
     scores = Scores([[0.5, 0.5]] * 4, model=ModelInfo("llama", 4, 2, 4))
-    plan = solve_hybrid(scores, kv_budget=0.5, context_length=10**6, max_mixed=1, sink=SINK, window=WINDOW)
+    plan = solve_hybrid(scores, kv_budget=0.5, context_length=10**6, max_mixed=1, sink=SINK, window=WINDOW,
+                        latency_budget=latency_budget)
     assert plan.head_mask(2) == [[True, True], [True, False], [False, False], [False, False]]
+    plan = solve_hybrid(scores, kv_budget=0.51, context_length=10**6, max_mixed=1, sink=SINK, window=WINDOW,
+                        latency_budget=latency_budget)
+    assert plan.retrieval_layers == [0, 1] and plan.is_layer_exclusive
+
+
+def test_huge_finite_numbers_do_not_overflow():
+    """Seconds are summed as whole nanoseconds in Python ints: 1e300 s is a budget (or a figure) like any other."""
+    scores = Scores([[1.0, 0.0]] * 4, model=ModelInfo("llama", 4, 2, 4))
+    kw = dict(kv_budget=0.6, context_length=N, max_mixed=4, sink=SINK, window=WINDOW)
+    free = solve_hybrid(scores, cost=BYTES, **kw)
+    assert solve_hybrid(scores, cost=BYTES, latency_budget=1e300, **kw).heads == free.heads
+    assert {o.split(":")[0] for o in free.provenance["cost_model"]["origins"].values()} == {"fallback"}
+    slow_calls = CostModel(bandwidth=1e9, call_overhead=1e300)
+    slow_figures = CostModel(points={("decode", 1, h, 2): [(N, 1e300)] for h in range(3)})
+    for cost, latency in ((slow_calls, 8e300), (slow_figures, 4e300)):  # 4 mixed layers: 2 calls each
+        for budget in (None, 1e301):
+            plan = solve_hybrid(scores, cost=cost, latency_budget=budget, **kw)
+            assert plan.heads == free.heads and plan.provenance["predicted_latency_s"] == pytest.approx(latency)
+    with pytest.raises(ValueError, match=r"latency_budget=1e\+300 s is infeasible: the smallest predicted decode "
+                                         r"latency within the other budgets is 4e\+300 s"):
+        solve_hybrid(scores, cost=slow_figures, latency_budget=1e300, **kw)
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -164,6 +188,8 @@ def test_ties_go_to_lower_layers_and_heads():
     (dict(latency_budget=1e-9), r"latency_budget=1e-09 s is infeasible: the smallest predicted decode latency within "
                                 r"the other budgets is 5.536e-06 s"),  # 4 streaming layers: 24 tokens x 16 ns + 1 us
     (dict(context_length=0), "context_length must be an integer >= 1"),
+    (dict(sink="4"), "sink must be an integer >= 0 .* got '4'"),
+    (dict(window=0), "window must be an integer >= 1"),
 ])
 def test_errors(kw, message):
     scores = Scores(torch.ones(4, 2), model=ModelInfo("llama", 4, 2, 4))

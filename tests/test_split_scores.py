@@ -71,3 +71,41 @@ def test_errors():
         split_layer_scores(layers, Scores(torch.ones(5, 2)))
     with pytest.raises(TypeError, match="heads must be a Scores"):
         split_layer_scores(layers, torch.ones(6, 2))
+
+
+def test_large_sharpness_keeps_unequal_heads_unequal():
+    """Shares come from log space: 1e-5 ** 80 underflows and 1e30 ** 20 overflows a float64, but neither may turn
+    unequal heads equal (the "all heads zero" share) or into NaN."""
+    model = ModelInfo("llama", 2, 2, 8)
+    layers = Scores(torch.ones(2, 2), [1.0, 1.0], model=model)
+    for sharpness in (20, 40, 80):
+        s = split_layer_scores(layers, Scores([[1e-5, 3e-5], [1e30, 2e30]], model=model), sharpness=sharpness)
+        for row, ratio in zip(s.heads.tolist(), (3.0, 2.0), strict=True):  # the weaker head's share: 1 / (1 + r)
+            r = ratio**sharpness
+            assert row == pytest.approx([1 / (1 + r), r / (1 + r)], rel=1e-5), (sharpness, row)
+    s = split_layer_scores(layers, Scores([[1e-5, 3e-5], [0.0, 0.0]], model=model), sharpness=1e308)
+    assert s.heads.tolist() == [[0.0, 1.0], [0.5, 0.5]]  # a layer of zeros still shares equally
+
+
+def test_a_layer_score_of_zero_is_shared_as_zeros():
+    """Robust scores give a model's own sliding layers 0 (Gemma 3): a valid layer score, shared as zeros."""
+    layers = ranks([6.0, 0.0, 4.0, 3.0, 2.0, 0.0])
+    s = split_layer_scores(layers, Scores(torch.rand(6, 2) + 0.1, model=MODEL))
+    assert s.heads[1].tolist() == s.heads[5].tolist() == [0.0, 0.0] and torch.equal(s.layers, layers.layers)
+
+
+def test_head_scores_of_another_model_are_refused():
+    """The same layers x heads are not enough: the model type, head_dim and own sliding layers must match too, as a
+    plan's must (`Plan.check_model`)."""
+    layers = ranks([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    for other, words in ((ModelInfo("gemma3_text", 6, 2, 8), "made for a 'gemma3_text' model but the model of layers "
+                                                              "is 'llama'"),
+                         (ModelInfo("llama", 6, 2, 256), "made for head_dim 256 but the model of layers has 8"),
+                         (ModelInfo("llama", 6, 2, 8, native_sliding={0: 512, 3: 512}),
+                          r"own sliding-window layers are \[0, 3\] but the model of layers has none")):
+        with pytest.raises(ValueError, match=words):
+            split_layer_scores(layers, Scores(torch.rand(6, 2), model=other))
+    with pytest.raises(ValueError, match="heads: the scores have 6 layers x 4 KV heads, but the model of layers has "
+                                         "6 x 2"):
+        split_layer_scores(layers, Scores(torch.rand(6, 4), model=ModelInfo("llama", 6, 4, 8)))
+    assert split_layer_scores(layers, Scores(torch.rand(6, 2), model=ModelInfo(None, 6, 2, 8))).model == MODEL

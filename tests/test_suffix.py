@@ -11,7 +11,7 @@ from conftest import FAMILIES, SINK, WINDOW, tiny_model
 
 import zigzag_attn as zz
 from zigzag_attn.data.passkey import IGNORE, Sample
-from zigzag_attn.profile.measure import measure
+from zigzag_attn.profile.measure import Measurement, measure
 from zigzag_attn.profile.suffix import Suffix, usable
 from zigzag_attn.runtime.patch import plan_of
 
@@ -83,6 +83,27 @@ def test_a_forward_that_does_more_between_layers_falls_back(monkeypatch):
         first = run.trial(modes_plan(model, {1}), 1)
     assert first == measure(model, data, modes_plan(model, {1}))
     assert run.trial(modes_plan(model, {3}), 3) == measure(model, data, modes_plan(model, {3}))
+
+
+def test_answers_that_differ_fall_back_even_where_the_losses_agree(monkeypatch):
+    """The self-check compares answers as well as the loss: a partial run with the whole forward's loss but other
+    answers is not trusted either."""
+    model = tiny_model("llama", seed=2)
+    data = samples(model, (30, 31))
+    run = Suffix(model, data)
+    run.base(None, [1, 2, 3])
+    real, calls = run._run, []
+
+    def other_answers(forward):  # the trial's own run (the first after base) gets its answers flipped
+        got = real(forward)
+        calls.append(got)
+        return Measurement(got.loss, [not c for c in got.correct]) if len(calls) == 1 else got
+
+    monkeypatch.setattr(run, "_run", other_answers)
+    want = measure(model, data, modes_plan(model, {1}))
+    with pytest.warns(UserWarning, match=r"answers right where the whole forward gives .*; measuring whole forwards"):
+        assert run.trial(modes_plan(model, {1}), 1) == want
+    assert not run.exact and calls[0].loss == pytest.approx(want.loss, rel=1e-5)  # the losses did agree
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])

@@ -12,11 +12,14 @@ every plan reads alike are left out. Defaults, from docs/performance.md (H200, s
     at the same KV budget costs 0.50-0.61 ms more kernel time and 0.64-1.52 ms more host time per step (the
     "where a step's time goes" table, 4k-128k, runs 1 and 2); about 0.57 + 0.9 = 1.47 ms over 32 extra calls.
 Measured figures (a JSON file written by `CostModel.save`, format "zigzag-attn/cost") override the fallback for
-the (phase, batch, h, H, head_dim) they have, inside the range of context lengths they cover (linear in N between
-points). A mixed `h` without figures is interpolated linearly in `h` between the nearest measured mixed layers of
-the same key (both must cover N); otherwise the fallback answers. Version 1 files have no head_dim: their figures
-stand for every head_dim. Version 2 adds "head_dim" to each point and an optional "meta" object (what was timed,
-how, with which versions).
+the (phase, batch, h, H, head_dim) they have, linear in N between points. Past the context lengths they cover, a
+decode figure is the nearest one moved as the fallback moves (the bytes of the extra or missing tokens), so
+predictions are continuous at the ends of the measured range and monotone in N beyond them (rising with h); prefill
+has no fallback, so none is given there. A mixed `h` without figures is interpolated linearly in `h` between the
+nearest measured mixed layers of the same key; otherwise (no figures for the key) the fallback answers.
+`CostModel.origin` says which of these gave a prediction. Version 1 files have no head_dim: their figures stand for
+every head_dim. Version 2 adds "head_dim" to each point and an optional "meta" object (what was timed, how, with
+which versions).
 
 `benchmarks/layer_cost.py` measures the figures (the time of a decoder layer's attention module: projections,
 RoPE, cache write, attention and output projection). Files for known GPUs ship in `zigzag_attn/data/costs/`,
@@ -39,6 +42,8 @@ COSTS_DIR = Path(__file__).parent / "data" / "costs"
 PHASES = ("decode", "prefill")
 H200_BANDWIDTH = 4.25e12
 H200_CALL_OVERHEAD = 45e-6
+BEYOND = ("; outside its context lengths extrapolated, and for shapes it has no figures for the bytes-read model "
+          "(CostModel.origin says which, per prediction)")  # how a source of measured figures is used
 
 
 Key = tuple[str, int, int, int, "int | None"]  # (phase, batch, h, H, head_dim or None: any head_dim)
@@ -64,8 +69,9 @@ class CostModel:
         for name, v in (("bandwidth", bandwidth), ("call_overhead", call_overhead), ("dtype_bytes", dtype_bytes)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0; got {v!r}")
-        if bandwidth == 0:
-            raise ValueError("bandwidth must be > 0")
+        for name, v in (("bandwidth", bandwidth), ("dtype_bytes", dtype_bytes)):
+            if v == 0:  # a cache read for free
+                raise ValueError(f"{name} must be > 0")
         self.bandwidth, self.call_overhead, self.dtype_bytes = float(bandwidth), float(call_overhead), dtype_bytes
         self.points: dict[Key, list[tuple[int, float]]] = {}
         for k, v in (points or {}).items():
@@ -77,15 +83,29 @@ class CostModel:
 
     def decode(self, h: int, H: int, *, context_length: int, batch: int, sink: int, window: int,
                head_dim: int) -> float:
-        """Seconds of one decode step of one layer with `h` of `H` KV heads retrieval."""
+        """Seconds of one decode step of one layer with `h` of `H` KV heads retrieval (`origin` says whence)."""
+        return self._decode(h, H, context_length, batch, sink, window, head_dim)[0]
+
+    def origin(self, h: int, H: int, *, context_length: int, batch: int, sink: int, window: int,
+               head_dim: int) -> str:
+        """Where `decode`'s figure for the same arguments comes from; its first word is "measured" (figures of this
+        key, at or between measured context lengths), "interpolated" (between measured mixed layers),
+        "extrapolated" (past the measured context lengths) or "fallback" (the bytes-read model)."""
+        return self._decode(h, H, context_length, batch, sink, window, head_dim)[1]
+
+    def _decode(self, h: int, H: int, N: int, batch: int, sink: int, window: int, d: int) -> tuple[float, str]:
         _check_heads(h, H)
-        measured = self._measured("decode", batch, h, H, head_dim, context_length)
+
+        def fallback(g: int, n: int) -> float:
+            tokens = g * n + (H - g) * min(n, sink + window)
+            calls = 1 if g in (0, H) else 2
+            return 2 * d * self.dtype_bytes * batch * tokens / self.bandwidth + calls * self.call_overhead
+
+        measured = self._measured("decode", batch, h, H, d, N, fallback)
         if measured is not None:
             return measured
-        bounded = min(context_length, sink + window)
-        tokens = h * context_length + (H - h) * bounded
-        calls = 1 if h in (0, H) else 2
-        return 2 * head_dim * self.dtype_bytes * batch * tokens / self.bandwidth + calls * self.call_overhead
+        return fallback(h, N), (f"fallback: the bytes-read model (no measured decode figures for these heads at "
+                                f"batch={batch}, H={H}, head_dim={d})")
 
     def prefill(self, h: int, H: int, *, context_length: int, batch: int, head_dim: int | None = None) -> float:
         """Seconds of prefilling one layer; measured figures only (LookupError where there are none)."""
@@ -94,24 +114,32 @@ class CostModel:
         if measured is None:
             raise LookupError(f"no measured prefill figures for batch={batch}, h={h} of H={H}, head_dim={head_dim} "
                               f"at context_length={context_length}; the bytes-read fallback models decode only")
-        return measured
+        return measured[0]
 
     def describe(self) -> dict[str, Any]:
         """JSON notes for a plan's provenance: which model predicted its latency."""
         return {"kind": "measured+bytes" if self.points else "bytes", "device": self.device, "source": self.source,
                 "bandwidth": self.bandwidth, "call_overhead": self.call_overhead, "dtype_bytes": self.dtype_bytes}
 
-    def _measured(self, phase: str, batch: int, h: int, H: int, head_dim: int | None, N: int) -> float | None:
+    def _measured(self, phase: str, batch: int, h: int, H: int, head_dim: int | None, N: int,
+                  fallback=None) -> tuple[float, str] | None:
+        """(seconds, origin) from the figures for this key at N, or between the nearest measured mixed layers of
+        its H; past a key's context lengths, moved as `fallback(g, n)` moves (None without one). None: no figures."""
         for d in dict.fromkeys((head_dim, None)):  # figures for this head_dim first, then version-1 figures
-            got = _at(self.points.get((phase, batch, h, H, d)), N)
+            def at(g: int, d: int | None = d):
+                move = None if fallback is None else (lambda n: fallback(g, n))
+                return _at(self.points.get((phase, batch, g, H, d)), N, move)
+
+            got = at(h)
             if got is None and 0 < h < H:  # a mixed layer: between the nearest measured mixed layers
-                lo = [(g, t) for g in range(h - 1, 0, -1) if (t := _at(self.points.get((phase, batch, g, H, d)), N))
-                      is not None][:1]
-                hi = [(g, t) for g in range(h + 1, H) if (t := _at(self.points.get((phase, batch, g, H, d)), N))
-                      is not None][:1]
+                lo = next(((g, t) for g in range(h - 1, 0, -1) if (t := at(g)) is not None), None)
+                hi = next(((g, t) for g in range(h + 1, H) if (t := at(g)) is not None), None)
                 if lo and hi:
-                    (g0, t0), (g1, t1) = lo[0], hi[0]
-                    got = t0 + (t1 - t0) * (h - g0) / (g1 - g0)
+                    (g0, (t0, how0)), (g1, (t1, how1)) = lo, hi
+                    past = next((how for how in (how0, how1) if how != "measured"), None)
+                    got = (t0 + (t1 - t0) * (h - g0) / (g1 - g0),
+                           f"interpolated: between the measured mixed layers of {g0} and {g1} retrieval heads"
+                           + (f" ({past})" if past else ""))
             if got is not None:
                 return got
         return None
@@ -147,8 +175,10 @@ class CostModel:
                 if d_head is not None and (isinstance(d_head, bool) or not isinstance(d_head, int) or d_head < 1):
                     raise ValueError(f"points[{i}].head_dim must be an integer >= 1; got {d_head!r}")
                 _check_heads(key[2], key[3])
-                if key[1] < 1 or n < 1 or isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0:
-                    raise ValueError(f"points[{i}]: batch and context_length must be >= 1 and seconds >= 0")
+                if (key[1] < 1 or n < 1 or isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0
+                        or t == float("inf")):
+                    raise ValueError(f"points[{i}]: batch and context_length must be >= 1 and seconds >= 0 and "
+                                     f"finite; got seconds={t!r}")
                 if any(n == m for m, _ in points.get(key, [])):
                     raise ValueError(f"points[{i}] repeats context_length {n} for {key}")
                 points.setdefault(key, []).append((n, float(t)))
@@ -181,7 +211,7 @@ class CostModel:
         path = folder / f"{device_slug(name)}.json"
         if path.is_file():
             model = cls.load(path)
-            model.source = f"measured: {path.name} for {name!r}"
+            model.source = f"measured: {path.name} for {name!r}{BEYOND}"
             return model
         known = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
         return cls(source=f"fallback: no measured figures for {name!r} (have: {', '.join(known) or 'none'}); the "
@@ -196,15 +226,22 @@ def device_slug(name: str) -> str:
     return slug
 
 
-def _at(pts: list[tuple[int, float]] | None, N: int) -> float | None:
-    """Linear interpolation of sorted (N, seconds) points at N; None outside their range."""
-    if not pts or not pts[0][0] <= N <= pts[-1][0]:
+def _at(pts: list[tuple[int, float]] | None, N: int, move=None) -> tuple[float, str] | None:
+    """(seconds, origin) at N from sorted (N, seconds) points: linear between them; past them, the nearest moved by
+    `move(N) - move(edge)` (at least 0), or None without `move`."""
+    if not pts:
         return None
-    i = bisect.bisect_left(pts, (N, float("-inf")))
-    if pts[i][0] == N:
-        return pts[i][1]
-    (n0, t0), (n1, t1) = pts[i - 1], pts[i]
-    return t0 + (t1 - t0) * (N - n0) / (n1 - n0)
+    ns, ts = [n for n, _ in pts], [t for _, t in pts]
+    if ns[0] <= N <= ns[-1]:
+        i = bisect.bisect_left(ns, N)
+        if ns[i] == N:
+            return ts[i], "measured"
+        return ts[i - 1] + (ts[i] - ts[i - 1]) * (N - ns[i - 1]) / (ns[i] - ns[i - 1]), "measured"
+    if move is None:
+        return None
+    edge = 0 if N < ns[0] else -1
+    return (max(0.0, ts[edge] + (move(N) - move(ns[edge]))),  # the change first: exactly 0 where it is 0
+            f"extrapolated: outside the measured {ns[0]}..{ns[-1]} tokens, moved as the bytes-read model moves")
 
 
 def _check_heads(h: Any, H: Any) -> None:

@@ -67,7 +67,22 @@ class ModelInfo:
             if not k.isdigit():
                 raise ValueError(f"model.native_sliding keys are layer numbers; got {k!r}")
             native[int(k)] = need(v, int, f"model.native_sliding[{k}]")
+            if v < 1:
+                raise ValueError(f"model.native_sliding[{k}] must be >= 1 (the layer's own window in tokens); got {v}")
         return cls(**{**d, "native_sliding": native})
+
+    def mismatch(self, other: ModelInfo, this: str = "this model", native: bool = False) -> str | None:
+        """Why what was made for this model does not fit `other`, called `this` (None when it may): the model type
+        (where both record one), head_dim and, with `native`, the layers that use their own sliding window. The
+        words go after "... was" / "... were"."""
+        if self.model_type and other.model_type and self.model_type != other.model_type:
+            return f"made for a {self.model_type!r} model but {this} is {other.model_type!r}"
+        if self.head_dim != other.head_dim:
+            return f"made for head_dim {self.head_dim} but {this} has {other.head_dim}"
+        if native and set(self.native_sliding) != set(other.native_sliding):
+            return (f"made for a model whose own sliding-window layers are {sorted(self.native_sliding)} but {this} "
+                    f"has {sorted(other.native_sliding) or 'none'}")
+        return None
 
 
 def check_kv_dtype(kv_dtype: Any) -> None:
@@ -223,12 +238,9 @@ class Plan:
     def check_model(self, info: ModelInfo) -> None:
         """Raise ValueError if this plan cannot drive a model of shape `info`."""
         self._check_counts(info.num_layers, info.num_kv_heads, f"the model ({info.model_type or 'unknown type'})")
-        if self.model is not None:
-            if self.model.model_type and info.model_type and self.model.model_type != info.model_type:
-                raise ValueError(f"plan was made for a {self.model.model_type!r} model but this model is "
-                                 f"{info.model_type!r}")
-            if self.model.head_dim != info.head_dim:
-                raise ValueError(f"plan was made for head_dim {self.model.head_dim} but the model has {info.head_dim}")
+        problem = self.model and self.model.mismatch(info)
+        if problem:
+            raise ValueError(f"plan was {problem}")
         bad = [i for i in info.native_sliding if self.modes[i] != RETRIEVAL]
         if bad:
             raise ValueError(f"layers {bad} already use the model's own sliding window "

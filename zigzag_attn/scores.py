@@ -6,6 +6,7 @@ Pure data, like `Plan`: JSON in, JSON out, never pickle. Solvers in `zigzag_attn
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,17 @@ class Scores:
 
     __hash__ = None  # mutable tensors inside
 
+    def check_model(self, info: ModelInfo, this: str = "the model") -> None:
+        """Raise ValueError unless these scores were measured on a model like `info` (called `this`): the same layers
+        x KV heads and, where the scores record their model, its type, head_dim and own sliding-window layers."""
+        on = f" (they were measured on {self.model.name})" if self.model and self.model.name else ""
+        if (self.num_layers, self.num_kv_heads) != (info.num_layers, info.num_kv_heads):
+            raise ValueError(f"the scores have {self.num_layers} layers x {self.num_kv_heads} KV heads, but {this} has "
+                             f"{info.num_layers} x {info.num_kv_heads}{on}")
+        problem = self.model and self.model.mismatch(info, this, native=True)
+        if problem:
+            raise ValueError(f"the scores were {problem}{on}")
+
     # -- persistence --------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """float32 values are written as exact doubles, so a JSON round trip is lossless."""
@@ -160,9 +172,11 @@ def split_layer_scores(layers: Scores, heads: Scores, *, sharpness: float = 1.0,
             raise TypeError(f"{what} must be a Scores; got {type(s).__name__}")
     if layers.num_layers != heads.num_layers:
         raise ValueError(f"layers has {layers.num_layers} layers but heads has {heads.num_layers}")
-    if layers.model is not None and heads.model is not None and (
-            layers.model.num_layers, layers.model.num_kv_heads) != (heads.model.num_layers, heads.model.num_kv_heads):
-        raise ValueError("layers and heads were measured on models of different shapes")
+    if layers.model is not None and heads.model is not None:
+        try:
+            heads.check_model(layers.model, "the model of layers")
+        except ValueError as e:
+            raise ValueError(f"heads: {e}") from None
     if (layers.layers < 0).any():
         raise ValueError(f"layer scores must be >= 0 to be shared among heads; the lowest is "
                          f"{float(layers.layers.min())} (shift or rank them first)")
@@ -171,9 +185,13 @@ def split_layer_scores(layers: Scores, heads: Scores, *, sharpness: float = 1.0,
                          f"{float(heads.heads.min())}")
     if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)) or not 0 < sharpness < float("inf"):
         raise ValueError(f"sharpness must be a number > 0 (the power of the head scores); got {sharpness!r}")
-    h = heads.heads.double() ** sharpness
-    total = h.sum(dim=1, keepdim=True)
-    share = torch.where(total > 0, h / total.clamp_min(1e-300), 1.0 / h.shape[1])
+    # in log space, relative to each layer's largest head: w ** sharpness neither underflows (1e-5 and 3e-5 at 80)
+    # nor overflows (1e30 at 20); a zero head stays 0 and a layer of zeros shares equally
+    log = heads.heads.double().log()
+    top = log.max(dim=1, keepdim=True).values
+    w = torch.where(log > -math.inf, (log - top) * sharpness, -math.inf).exp()
+    total = w.sum(dim=1, keepdim=True)  # >= 1 (the largest head's 1) unless every head is 0
+    share = torch.where(total > 0, w / total.clamp_min(1.0), 1.0 / w.shape[1])
     split = (layers.layers.double()[:, None] * share).float()
     meta = {"layers_method": layers.method, "heads_method": heads.method, "sharpness": sharpness}
     return Scores(split, layers.layers, layers.model or heads.model,

@@ -20,11 +20,12 @@ a state keeps under a latency budget; 80 layers of 8 KV heads with max_mixed=80 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from numbers import Integral, Real
 from typing import Any
 
 from .cost import CostModel
-from .plan import RETRIEVAL, STREAMING, Plan
+from .plan import RETRIEVAL, STREAMING, Plan, check_sink_window
 from .scores import Scores
 from .solve import _budget_args, _largest_within, _native_layers, solve
 
@@ -42,6 +43,7 @@ def solve_hybrid(scores: Scores, *, kv_budget: float, context_length: int, max_m
     if not isinstance(scores, Scores):
         raise TypeError(f"scores must be a Scores; got {type(scores).__name__}")
     f, N = _budget_args(kv_budget, context_length)
+    check_sink_window(sink, window)
     if isinstance(max_mixed, bool) or not isinstance(max_mixed, Integral) or max_mixed < 0:
         raise ValueError(f"max_mixed must be an integer >= 0 (the most mixed layers the plan may have); "
                          f"got {max_mixed!r}")
@@ -87,8 +89,9 @@ def solve_hybrid(scores: Scores, *, kv_budget: float, context_length: int, max_m
     constraint = {"kv_budget": f, "context_length": N, **notes, "retrieval_heads": sum(choices),
                   "mixed_layers": len(plan.mixed_layers), "kv_fraction": plan.kv_fraction(N)}
     provenance = {"method": scores.method, "solver": "hybrid-dp", "constraint": constraint,
-                  "predicted_latency_s": latency / 1e9 if times else None,
-                  "cost_model": {**cost.describe(), "head_dim": scores.model.head_dim if scores.model else None},
+                  "predicted_latency_s": _seconds(latency) if times else None,
+                  "cost_model": {**cost.describe(), "head_dim": scores.model.head_dim if scores.model else None,
+                                 "origins": times.get("origins")},
                   "head_scores": head_scores}
     if max_mixed == 0:
         return Plan.from_layers([RETRIEVAL if all(r) else STREAMING for r in mask], sink=sink, window=window,
@@ -98,16 +101,38 @@ def solve_hybrid(scores: Scores, *, kv_budget: float, context_length: int, max_m
 
 
 def _layer_times(scores: Scores, cost: CostModel, N: int, batch: int, sink: int, window: int) -> dict[str, Any]:
-    """Whole nanoseconds: "k" -> per choosable layer with k retrieval heads, "native" -> all native layers together.
-    Empty without `scores.model` (no head_dim: latency is not predicted)."""
+    """Whole nanoseconds: "k" -> per choosable layer with k retrieval heads, "native" -> all native layers together;
+    "origins": where each prediction came from (`CostModel.origin`). Empty without `scores.model` (no head_dim:
+    latency is not predicted)."""
     if scores.model is None:
         return {}
     H, d = scores.num_kv_heads, scores.model.head_dim
     kw = dict(batch=batch, sink=sink, window=window, head_dim=d)
-    per_k = [round(cost.decode(k, H, context_length=N, **kw) * 1e9) for k in range(H + 1)]
-    native = sum(round(cost.decode(H, H, context_length=min(N, w), **kw) * 1e9)
-                 for w in _native_windows(scores).values())
-    return {"k": per_k, "native": native}
+    asked = dict.fromkeys([(k, N) for k in range(H + 1)] + [(H, min(N, w)) for w in _native_windows(scores).values()])
+    ns, origins = {}, {}
+    for k, n in asked:
+        seconds = cost.decode(k, H, context_length=n, **kw)
+        if not math.isfinite(seconds):
+            raise ValueError(f"the cost model predicts {seconds} s for a layer with {k} of {H} retrieval heads at {n} "
+                             "tokens, so no latency can be predicted: its figures or bandwidth are out of range")
+        ns[k, n] = _ns(seconds)
+        origins[f"{k} of {H} retrieval heads at {n} tokens"] = cost.origin(k, H, context_length=n, **kw)
+    return {"k": [ns[k, N] for k in range(H + 1)], "origins": origins,
+            "native": sum(ns[H, min(N, w)] for w in _native_windows(scores).values())}
+
+
+def _ns(seconds: float) -> int:
+    """Whole nanoseconds of a finite number of seconds, however large (an int: sums cannot overflow)."""
+    ns = seconds * 1e9
+    return round(ns) if math.isfinite(ns) else round(Fraction(seconds) * 10**9)
+
+
+def _seconds(ns: int) -> float:
+    """Nanoseconds as seconds; inf past the largest float."""
+    try:
+        return ns / 10**9
+    except OverflowError:
+        return math.inf
 
 
 def _native_windows(scores: Scores) -> dict[int, int]:
@@ -122,7 +147,7 @@ def _dp(values: list[list[float]], H: int, times: dict[str, Any], kinds, most: i
     (score, -latency, choices); a plan is better when that tuple is larger (choices: more heads on lower layers).
     """
     per_k = times.get("k", [0] * (H + 1))
-    budget = None if latency_budget is None else round(latency_budget * 1e9) - times.get("native", 0)
+    budget = None if latency_budget is None else _ns(latency_budget) - times.get("native", 0)
     cheapest = min(per_k[k] for k in kinds)
     states: dict[tuple[int, int], list[tuple[float, int, tuple[int, ...]]]] = {(0, 0): [(0.0, 0, ())]}
     for layer, vals in enumerate(values):
@@ -142,7 +167,7 @@ def _dp(values: list[list[float]], H: int, times: dict[str, Any], kinds, most: i
     if not states:
         smallest = _fastest(len(values), H, per_k, kinds, most, max_mixed) + times.get("native", 0)
         raise ValueError(f"latency_budget={latency_budget} s is infeasible: the smallest predicted decode latency "
-                         f"within the other budgets is {smallest / 1e9:.6g} s")
+                         f"within the other budgets is {_seconds(smallest):.6g} s")
     t = max(t for t, _ in states)
     best = max(e for (tt, _), front in states.items() if tt == t for e in front)
     return list(best[2]), -best[1] + times.get("native", 0)

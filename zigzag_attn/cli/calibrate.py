@@ -101,8 +101,15 @@ def run(args, argv: list[str]) -> int:
     try:
         floor = solve(Scores(torch.zeros(info.num_layers, info.num_kv_heads), model=info), **solve_kw)
     except ValueError as e:
-        flag = "latency_budget" if "latency_budget" in str(e) else next(iter(opts["constraint"]))
-        raise UsageError(f"argument --{flag.replace('_', '-')}: {e}") from None
+        flag = "--" + next(iter(opts["constraint"])).replace("_", "-")
+        if "latency_budget" in str(e) or "cost model" in str(e):
+            flag = "--cost" if args.cost and "cost model" in str(e) else "--latency-budget"
+        raise UsageError(f"argument {flag}: {e}") from None
+    if args.latency_budget is not None:  # which figures the latency predictions come from
+        by_origin: dict[str, list[str]] = {}
+        for what, origin in floor.provenance["cost_model"]["origins"].items():
+            by_origin.setdefault(origin, []).append(what)
+        say("latency predictions: " + "; ".join(f"{', '.join(w)}: {o}" for o, w in by_origin.items()))
     choosable = info.num_layers - len(info.native_sliding)
     heads = floor.provenance["constraint"].get("retrieval_heads")  # hybrid plans count heads
     k = floor.provenance["constraint"].get("retrieval_layers", (heads or 0) // info.num_kv_heads)
@@ -250,7 +257,7 @@ def _save(args, argv: list[str], plan, start: float, extra: dict[str, Any], opts
 
 def _cost(args):
     """The cost model for --latency-budget (None without one): --cost FILE, else the figures for this GPU."""
-    from ..cost import CostModel
+    from ..cost import BEYOND, CostModel
 
     if args.latency_budget is None:
         return None
@@ -261,13 +268,14 @@ def _cost(args):
             cost = CostModel.load(args.cost)
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(f"argument --cost: {e}") from None
-        cost.source = f"measured: {args.cost} (--cost)"
+        cost.source = f"measured: {args.cost} (--cost){BEYOND}"
     say(f"latency model: {cost.source}")
     return cost
 
 
 def _head_scores(args, info):
-    """The --head-scores file, checked against MODEL's shape before its weights load (None without the flag)."""
+    """The --head-scores file, checked against MODEL (shape, type, head_dim, own sliding layers) before its weights
+    load (None without the flag)."""
     from ..eval.policies import head_scores_problem
     from ..scores import Scores
 
@@ -277,11 +285,10 @@ def _head_scores(args, info):
         scores = Scores.load(args.head_scores)
     except (OSError, ValueError) as e:
         raise UsageError(f"argument --head-scores: {e}") from None
-    if (scores.num_layers, scores.num_kv_heads) != (info.num_layers, info.num_kv_heads):
-        raise UsageError(f"argument --head-scores: {args.head_scores} scores {scores.num_layers} layers x "
-                         f"{scores.num_kv_heads} KV heads, but the model has {info.num_layers} x {info.num_kv_heads}"
-                         + (f" (they were measured on {scores.model.name})" if scores.model and scores.model.name
-                            else ""))
+    try:
+        scores.check_model(info)
+    except ValueError as e:
+        raise UsageError(f"argument --head-scores: {args.head_scores}: {e}") from None
     problem = head_scores_problem(scores)
     if problem or bool((scores.heads < 0).any()):
         raise UsageError(f"argument --head-scores: {problem or 'head scores must be >= 0 (shares of a layer)'}")

@@ -59,25 +59,16 @@ def writable(path: str, arg: str) -> None:
 
 def read_text(path: str, arg: str) -> str:
     """A UTF-8 text file's contents; a file that is not text (compressed, binary) is a UsageError naming `arg`."""
+    from ..data.texts import decode_text
+
     try:
         data = Path(path).expanduser().read_bytes()
     except OSError as e:
         raise CLIError(f"cannot read {arg}: {e}") from None
-    kind = next((k for magic, k in BINARY if data.startswith(magic)), None)
-    if kind is None and b"\0" in data:
-        kind = "binary data"
     try:
-        text = data.decode("utf-8") if kind is None else None
-    except UnicodeDecodeError as e:
-        kind = f"not UTF-8 text (byte {e.start})"
-        text = None
-    if text is None:
-        raise UsageError(f"argument {arg}: {path!r} is {kind}, not a text file; give UTF-8 text")
-    return text
-
-
-BINARY = ((b"\x1f\x8b", "gzip-compressed"), (b"BZh", "bzip2-compressed"), (b"\xfd7zXZ\0", "xz-compressed"),
-          (b"PK\x03\x04", "a zip archive"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"), (b"%PDF", "a PDF"))
+        return decode_text(data, repr(path))
+    except ValueError as e:
+        raise UsageError(f"argument {arg}: {e}") from None
 
 
 def can_plot(arg: str) -> None:

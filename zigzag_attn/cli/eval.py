@@ -18,7 +18,7 @@ from ..eval.run import evaluate
 from ..eval.tasks import TASKS
 from ..plan import Plan
 from ..scores import Scores
-from .common import CLIError, Model, UsageError, can_plot, float_arg, int_arg
+from .common import CLIError, Model, UsageError, can_plot, float_arg, int_arg, writable
 
 RULER_TASKS = ("multikey", "multivalue", "multiquery", "vartrack", "commonwords")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -65,7 +65,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ppl.add_argument("--text", nargs="+", metavar="FILE", help="text files or directories of .txt files, one "
                                                                "document each (default: the evaluation novels)")
     ppl.add_argument("--chunk", type=_positive, default=512, help="tokens per forward (default 512)")
-    ppl.add_argument("--max-tokens", type=_positive, default=8192, help="tokens per document (default 8192)")
+    ppl.add_argument("--max-tokens", type=int_arg(2, "an integer >= 2 (a document predicts all but its first token)"),
+                     default=8192, help="tokens per document (default 8192)")
     ppl.add_argument("--json", help="write the results here")
     ppl.set_defaults(parser=ppl)
     return p
@@ -76,19 +77,22 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if getattr(args, "eval_command", None) is None:
         args.parser.print_help()
         return 2
+    scores = None
     try:
         plans = _plans(args.plan)
         for out in ("json", "png", "budget_png", "heatmap_png"):
-            _check_out(getattr(args, out, None), "--" + out.replace("_", "-"))
-            if out != "json" and getattr(args, out, None):
-                can_plot("--" + out.replace("_", "-"))
+            flag = "--" + out.replace("_", "-")
+            if getattr(args, out, None):
+                writable(getattr(args, out), flag)  # before the work: its results must not be lost
+                if out != "json":
+                    can_plot(flag)
         if args.eval_command == "ppl":
             from ..eval.ppl import documents
 
-            texts = documents(args.text)
+            texts = _text(documents, args.text)
         else:
             scores = Scores.load(args.scores) if args.scores else None
-            text = load_text(args.text) if args.text else None
+            text = _text(load_text, args.text) if args.text else None
             duo = args.duo or (args.eval_command == "compare" and not args.no_duo)
             problem = head_scores_problem(scores) if duo and plans else None
             if problem and args.duo:
@@ -108,6 +112,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             plan.check_model(target.info)
         except ValueError as e:
             raise UsageError(f"argument --plan: {name}: {e}") from None
+    if scores is not None:
+        try:
+            scores.check_model(target.info)
+        except ValueError as e:
+            raise UsageError(f"argument --scores: {args.scores}: {e}") from None
     if args.eval_command == "ppl":
         target.check_length(args.max_tokens, "--max-tokens")
     else:
@@ -257,9 +266,12 @@ def _plans(paths: list[str]) -> dict[str, Plan]:
     return out
 
 
-def _check_out(path: str | None, flag: str) -> None:
-    if path and not Path(path).resolve().parent.is_dir():
-        raise ValueError(f"{flag} {path}: the directory {Path(path).resolve().parent} does not exist")
+def _text(load, source):
+    """`load(source)`: the --text files, refused (not text, no text, missing) naming the flag."""
+    try:
+        return load(source)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"argument --text: {e}") from None
 
 
 def _lengths(s: str) -> list[int]:

@@ -105,5 +105,5 @@ def _heatmap(plan, mask, layer_scores, head_scores, path: str, title: str) -> No
     counts = (f"{kept} retrieval / {layers - len(native)} full-attention layers (+{len(native)} sliding)" if native
               else f"{kept} retrieval / {layers} layers")
     ax.set_title(f"{title}\n{counts}, sink={plan.sink} window={plan.window}\n{key}", fontsize=9, loc="left")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight", format="png")  # at `path`, suffix or not
     plt.close(fig)

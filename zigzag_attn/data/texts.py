@@ -35,7 +35,7 @@ def documents(source: str | Path | Iterable[str | Path] | None = None, *, split:
     """One text per shipped file of `split` when `source` is None, else one per file.
 
     `source` may be a file, a directory (its `*.txt` files, sorted), the name of a shipped split (e.g. "technical")
-    or a list of those.
+    or a list of those. A file must hold UTF-8 text (`decode_text`), and some: ValueError naming it otherwise.
     """
     if source is None:
         if split not in SPLITS:
@@ -57,7 +57,29 @@ def documents(source: str | Path | Iterable[str | Path] | None = None, *, split:
             files.append(p)
         else:
             raise FileNotFoundError(f"no text file or directory at {p}")
-    return shipped + [f.read_text(encoding="utf-8", errors="replace") for f in files]
+    out = [decode_text(f.read_bytes(), str(f)) for f in files]
+    empty = next((f for f, text in zip(files, out, strict=True) if not text.strip()), None)
+    if empty is not None:
+        raise ValueError(f"{empty} holds no text")
+    return shipped + out
+
+
+BINARY = ((b"\x1f\x8b", "gzip-compressed"), (b"BZh", "bzip2-compressed"), (b"\xfd7zXZ\0", "xz-compressed"),
+          (b"PK\x03\x04", "a zip archive"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"), (b"%PDF", "a PDF"))
+
+
+def decode_text(data: bytes, name: str) -> str:
+    """`data` decoded as UTF-8; ValueError naming `name` when it is not text (compressed, binary, another encoding),
+    rather than scoring the replacement characters of a lenient decode."""
+    kind = next((k for magic, k in BINARY if data.startswith(magic)), None)
+    if kind is None and b"\0" in data:
+        kind = "binary data"
+    if kind is None:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            kind = f"not UTF-8 text (byte {e.start})"
+    raise ValueError(f"{name} is {kind}, not a text file; give UTF-8 text")
 
 
 def load_text(source: str | Path | Iterable[str | Path] | None = None, *, split: str = "calibration") -> str:

@@ -120,5 +120,5 @@ def _depth_task(results: Results) -> str:
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
+    fig.savefig(path, dpi=130, bbox_inches="tight", format=None if path.suffix else "png")  # no suffix: PNG at path
     return path

@@ -98,8 +98,9 @@ class Suffix:
         full = self._run(lambda ids, mask, keep: self._full(ids, mask, keep, set()))
         if abs(full.loss - got.loss) > TOLERANCE * max(1.0, abs(full.loss)) or full.correct != got.correct:
             warnings.warn(f"{type(self.model).__name__}: running layers {start}.. alone gave loss {got.loss:.6f} "
-                          f"where the whole forward gives {full.loss:.6f}; measuring whole forwards from here on "
-                          "(slower, same results)", stacklevel=3)
+                          f"with {sum(got.correct)} of {len(got.correct)} answers right where the whole forward gives "
+                          f"{full.loss:.6f} with {sum(full.correct)}; measuring whole forwards from here on (slower, "
+                          "same results)", stacklevel=3)
             self.exact = False
             return full
         return got
