@@ -243,17 +243,17 @@ case $job in
   q15f|q05f)  # FP8 retrieval KV and budget choice (window, sink, KV dtype): zz.choose's pick at 50% and 25% of full's
               # KV at 32k (budget_choice.py), then the accuracy that decides whether it pays, the equal-bytes baselines
               # (the head plan with the same freedom, the best of random layer sets) first
-    if [ $job = q15f ]; then seed q15f docs/results/qwen15; q15s q15f
+    if [ $job = q15f ]; then seed q15f docs/results/qwen15; q15s q15f; a=("${a[@]:0:8}" --cache $M/q15-bf16)
     else seed q05f docs/results/qwen; a=("${q05[@]}" --state $S/q05f --out $S/out/q05f --cache $M/q05f-bf16); fi
     log "budget choice at 32768 tokens"
-    python experiments/budget_choice.py "${a[@]}" --budgets 0.25,0.5 --length 32768 2>&1 | grep -v Warning | tail -20
+    python experiments/budget_choice.py "${a[@]}" --budgets 0.25,0.5 --length ${CHOICE_LEN:-32768} 2>&1 | grep -v Warning | tail -20
     r5=$(for i in 1 2 3 4 5; do printf 'random-%s~b0.25~fp8,' $i; done)
     R4=multikey,multivalue,multiquery,vartrack
     chunks a "$R4,niah,passkey full+fp8,choice~b0.25" "multiquery full,duo@0.25,zigzag@0.5,duo@0.5" \
       "$R4 duo~b0.25~fp8" "multikey,multivalue,niah,passkey,vartrack zigzag@0.5+fp8,zigzag@0.25+fp8" \
       "multikey,multivalue ${r5%,}" "$R4 choice~b0.5,duo~b0.5~fp8" ;;
   q15w)  # beside q15f: the other candidates of the 25% budget (does validation pick the matrix's best?)
-    seed q15w docs/results/qwen15; q15s q15w
+    seed q15w docs/results/qwen15; q15s q15w; a=("${a[@]:0:8}" --cache $M/q15-bf16)  # q15f's copy, made first
     while [ ! -f $S/q15f/choice-b0.5.json ] && [ $(date +%s) -lt $until ]; do sleep 10; done
     cp $S/q15f/choice-b*.json $S/q15w/ 2>/dev/null
     c=$(for w in 256 1024 4096; do printf 'zigzag~b0.25~w%s~s64,zigzag~b0.25~w%s~s64~fp8,' $w $w; done)

@@ -23,6 +23,8 @@
 #   bash experiments/gpu_session.sh timing15 # after the jobs: 1.5B prefill / eager / compiled decode (bench.py);
 #                                            # PARTS=compiled CONTEXTS=32768,8192 BATCHES=1: the compiled part alone
 #   bash experiments/gpu_session.sh throughput15 # issue #17 on the real 1.5B: throughput.py at the memory limit
+#   bash experiments/gpu_session.sh fp8bench     # the 1.5B at 32k: FP8 retrieval KV against bf16, B = 1 and at the
+#                                                # memory limit (after jobs q15f/q15w made its bf16 copy)
 #   bash experiments/gpu_session.sh frontiersm   # issue #16 on SmolLM2 (after JOBS="sm sm2 sm3"): compiled decode of
 #                                                # its 50% / 25% zigzag, hybrid and duo plans and full, interleaved
 # State (plans, scores, finished rows) stays under /root/zz-state while the machine is held; results go to $OUT.
@@ -116,8 +118,9 @@ case $1 in
     echo "bench_plans rc=$?"; grep -v '^{' $t/log.txt | grep -vi warning | tail -24 ;;
   launch)  # detached (setsid) jobs outlive this call; the machine stays held while calls keep coming
     : "${BG_END:?BG_END (seconds since the epoch) ends the background evaluation}"
-    mkdir -p $S/jobs $S/code; rm -rf $S/code/*
-    cp -r benchmarks experiments zigzag_attn docs $S/code/  # a snapshot: later calls may replace this tree
+    mkdir -p $S/jobs $S/code
+    # a snapshot (later calls may replace this tree), taken once: jobs already running keep reading it
+    [ -d $S/code/zigzag_attn ] || cp -r benchmarks experiments zigzag_attn docs tests $S/code/
     for j in ${JOBS:-q15 q05a q05b}; do  # JOBS="q15": the 1.5B alone (sharing the GPU bought no throughput)
       (cd $S/code && setsid nohup bash experiments/gpu_jobs.sh $j "$BG_END" > $S/jobs/$j.log 2>&1 < /dev/null &)
     done
@@ -142,6 +145,20 @@ case $1 in
       --budget-s $(( end - $(date +%s) - 70 )) --compile-limit-s 170 --compile-min-s 45 --out $t \
       > $t/log.txt 2>&1; echo "throughput rc=$?"
     python benchmarks/throughput.py --report $OUT/tp15*/throughput.jsonl --png $t/throughput.png ;;
-  *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b|frontier05e|frontier15|frontiersm|launch|watch|timing15|throughput15" >&2
+  fp8bench)  # alone on the GPU, the 1.5B at 32k: FP8 retrieval KV against bf16. B = 1 compiled decode of zigzag,
+             # zigzag-fp8 (the fused kernel) and zigzag-fp8-dq (dequantise + SDPA) interleaved (bench.py); then the
+             # largest batch and tokens/s at the memory limit of zigzag-fp8 and zigzag, compiled (throughput.py)
+    pkill -f "[g]pu_jobs.sh [qsc]"; pkill -f "[g]pu_accuracy.py"; pkill -f "[b]udget_choice.py"; sleep 3
+    w=$(q15w); mkdir -p $OUT/fp8b1 $OUT/fp8tp
+    timeout -k 10 ${B1_S:-230} python benchmarks/bench.py --model $w --zigzag-plan qwen2.5-coder-1.5b@0.5 \
+      --parts compiled --contexts 32768 --batches 1 --policies ${B1_POLICIES:-zigzag,zigzag-fp8,zigzag-fp8-dq} \
+      --rounds 6 --steps 24 --out $OUT/fp8b1 > $OUT/fp8b1/log.txt 2>&1
+    echo "bench rc=$?"; grep -v '^{' $OUT/fp8b1/log.txt | grep -vi warning | tail -24
+    timeout -k 15 $(( end - $(date +%s) - 25 )) python benchmarks/throughput.py --model $w \
+      --zigzag-plan qwen2.5-coder-1.5b@0.5 --contexts 32768 --compiled-contexts 32768 \
+      --policies ${TP_POLICIES:-zigzag-fp8,zigzag} --budget-s $(( end - $(date +%s) - 70 )) --compile-limit-s 150 \
+      --compile-min-s 45 --out $OUT/fp8tp > $OUT/fp8tp/log.txt 2>&1; echo "throughput rc=$?"
+    python benchmarks/throughput.py --report $OUT/fp8tp/throughput.jsonl --png $OUT/fp8tp/throughput.png ;;
+  *) echo "usage: gpu_session.sh q05|q15|more05|eval05|bench8b|frontier05|frontier05b|frontier05e|frontier15|frontiersm|launch|watch|timing15|throughput15|fp8bench" >&2
      exit 2 ;;
 esac

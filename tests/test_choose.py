@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
-from test_cli import run, tiny_dir  # noqa: F401 - the fixture
+from conftest import tiny_model, tiny_tokenizer
+from test_cli import run
 
 import zigzag_attn as zz
 from zigzag_attn.data.passkey import passkey_samples
@@ -45,8 +45,6 @@ def test_candidates_drop_what_cannot_fit_and_repeats():
 @torch.no_grad()
 def test_choose_keeps_the_plan_whose_worst_task_loses_least():
     model = tiny_model("llama", kv_heads=2, layers=4)
-    from test_cli import tiny_tokenizer
-
     tok = tiny_tokenizer()
     model.resize_token_embeddings(len(tok), mean_resizing=False)
     groups = {"a": passkey_samples(tok, n=2, length=400, keys=2, seed=1),
@@ -64,7 +62,7 @@ def test_choose_keeps_the_plan_whose_worst_task_loses_least():
         zz.choose(model, [], groups)
 
 
-def test_calibrate_chooses_window_and_dtype(capsys, tiny_dir, tmp_path):  # noqa: F811
+def test_calibrate_chooses_window_and_dtype(capsys, tiny_dir, tmp_path):
     out_path = tmp_path / "plan.json"
     code, out, err = run(capsys, "calibrate", str(tiny_dir), "--out", str(out_path), "--kv-budget", "0.5",
                          "--context-length", "512", "--length", "256", "--keys", "2", "--samples", "1",
