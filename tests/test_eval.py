@@ -356,8 +356,10 @@ def test_cli_compare_leaves_out_a_duo_row_without_head_scores(capsys, model_dir,
     assert "--duo: no head scores" in fails(capsys, ["niah", m, "--plan", str(plan), "--duo"])
     quick = ["--tasks", "niah", "--lengths", "320", "--depths", "1", "--samples", "1", "--quiet"]
     assert main(["compare", m, "--plan", str(plan), *quick, "--json", str(tmp_path / "a.json")]) == 0
-    err = capsys.readouterr().err
-    assert "DuoAttention baseline is left out: no head scores" in err
+    printed = capsys.readouterr()
+    assert "DuoAttention baseline is left out: no head scores" in printed.err
+    assert "acceptance: accuracy as a share of full attention's" in printed.out
+    assert "argument --accept" in fails(capsys, ["compare", m, "--plan", str(plan), *quick, "--accept", "0.95"])
     assert {r.policy for r in Results.load(tmp_path / "a.json").rows} == {"full", "streaming", "half"}
     scores.save(tmp_path / "heads.json")
     assert main(["compare", m, "--plan", str(plan), "--scores", str(tmp_path / "heads.json"), *quick,

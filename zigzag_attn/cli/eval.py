@@ -16,6 +16,7 @@ from ..eval.policies import FULL, PLAN, STREAMING_FAMILY, Policy, all_streaming,
 from ..eval.policies import duo as duo_policy
 from ..eval.run import evaluate
 from ..eval.tasks import TASKS
+from ..eval.verdict import MEAN, WORST
 from ..plan import Plan
 from ..scores import Scores
 from .common import CLIError, Model, UsageError, can_plot, float_arg, int_arg, writable
@@ -53,6 +54,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     compare.add_argument("--png", help="write the accuracy vs KV budget plot (mean over tasks and lengths) here")
     compare.add_argument("--heatmap-png", help="write the niah/passkey heatmap here")
     compare.add_argument("--no-duo", action="store_true", help="leave out the DuoAttention-style head plans")
+    compare.add_argument("--accept", type=_accept, default=(MEAN, WORST), metavar="MEAN,WORST",
+                         help="the acceptance rule printed after the tables: a plan is accepted when its accuracy, "
+                              "as a share of full attention's, averages at least MEAN over the tasks and is at least "
+                              f"WORST on each (default {MEAN},{WORST})")
 
     ppl = sub.add_parser("ppl", help="perplexity over long documents, fed in chunks with a bounded cache",
                          description="Perplexity of full attention and each plan over long documents.")
@@ -140,6 +145,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from None
     print(results.table())
+    if args.eval_command == "compare":
+        from ..eval.verdict import verdict_text
+
+        print("\n" + verdict_text(results, mean=args.accept[0], worst=args.accept[1]))
     written = []
     if args.json:
         written.append(results.save(args.json))
@@ -291,3 +300,14 @@ def _tasks(s: str) -> list[str]:
     if not out or bad:
         raise argparse.ArgumentTypeError(f"expected comma-separated tasks out of {', '.join(TASKS)}; got {s!r}")
     return out
+
+
+def _accept(s: str) -> tuple[float, float]:
+    try:
+        mean, worst = (float(x) for x in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MEAN,WORST (two shares of full accuracy, e.g. 0.95,0.9); got "
+                                         f"{s!r}") from None
+    if not (0 < mean <= 1 and 0 < worst <= 1):
+        raise argparse.ArgumentTypeError(f"MEAN and WORST are shares of full attention's accuracy in (0, 1]; got {s}")
+    return mean, worst
