@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
+if shutil.which("nvidia-smi") is None:  # no GPU here: Triton kernels (when installed) run in its interpreter; it
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must be set before triton is first imported
+
 import copy
 import importlib.util
 from pathlib import Path

@@ -44,6 +44,22 @@ def test_the_format_changes_the_outputs_far_beyond_the_matrix_tolerance():
             assert effect >= 10 * TOL, (family, kind, effect)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_a_forward_without_a_cache_sees_what_the_cache_would_store(family):
+    """Teacher-forced scoring (`measure`, `use_cache=False`) must see the FP8 format too, or an evaluation of an
+    FP8 plan would score 16-bit attention."""
+    model = tiny_model(family, kv_heads=4).double()  # float64: see conftest's `case`
+    x = ids(40, seed=5)
+    for plan in plans_for(model).values():
+        fp8 = plan.with_kv_dtype("fp8")
+        ref = reference_logits(model, fp8, x)
+        with zz.patched(model, fp8):
+            without, with_cache = model(x, use_cache=False).logits, model(x, use_cache=True).logits
+        assert max_err(without, ref) <= TOL and max_err(with_cache, ref) <= TOL
+        assert max_err(reference_logits(model, plan, x), ref) > 10 * TOL  # the format does change these logits
+
+
 @pytest.mark.parametrize("layer_class", [FP8Layer, StaticFP8Layer])
 def test_every_base_method_touching_the_tensors_moves_the_scales_too(layer_class):
     """A transformers layer method that moves `keys`/`values` and is not overridden would leave the scales behind."""
@@ -143,11 +159,9 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 
 @needs_triton
 @pytest.mark.parametrize("b,h,kv,n,d", [(2, 12, 2, 300, 128), (1, 4, 2, 700, 64), (3, 14, 2, 129, 64)])
-def test_fused_kernel_matches_a_float32_reference(monkeypatch, b, h, kv, n, d):
-    """The Triton kernel, on CPU through Triton's interpreter (float16: the interpreter's bfloat16 dot is wrong),
-    against softmax(QK^T)V over the read-back values; padding and a row that sees nothing included."""
-    if not torch.cuda.is_available():
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
+def test_fused_kernel_matches_a_float32_reference(b, h, kv, n, d):
+    """The Triton kernel (on a CPU through Triton's interpreter, which conftest selects; float16: the interpreter's
+    bfloat16 dot is wrong) against softmax(QK^T)V over the read-back values; padding and a row that sees nothing."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(n)
     q = torch.randn(b, h, 1, d, generator=g).half().to(device)
@@ -158,6 +172,7 @@ def test_fused_kernel_matches_a_float32_reference(monkeypatch, b, h, kv, n, d):
     seen[0, ..., :5] = False
     if b > 1:
         seen[1] = False
+    fp8_decode.register()
     out = fp8_decode.fp8_decode(q, keys, values, fp8_decode.mask_bias(seen, n), scale=None)
     kr, vr = (x.dequantize().float().repeat_interleave(h // kv, 1) for x in (keys, values))
     scores = (q.float() @ kr.transpose(-1, -2)) * d ** -0.5
@@ -166,6 +181,25 @@ def test_fused_kernel_matches_a_float32_reference(monkeypatch, b, h, kv, n, d):
     assert (out.float()[live] - ref[live]).norm() / ref[live].norm() < 1e-3
     if b > 1:
         assert not out.isnan().any() and out[1].abs().max() == 0  # the row that sees nothing: zeros, not NaN
+
+
+@needs_triton
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiling the kernel's op needs CUDA (Triton's "
+                    "interpreter cannot run under fake tensors)")
+def test_the_kernel_call_is_one_op_in_a_compiled_graph():
+    """torch.compile must take the fused kernel into the decode graph: a graph break there splits every decoder
+    layer into a graph of its own, which recompiles per layer and per model until compilation gives up."""
+    device = "cuda"
+    fp8_decode.register()
+    q = torch.randn(1, 4, 1, 64, dtype=torch.float16, device=device)
+    keys, values = (QuantKV(*quantize(torch.randn(1, 2, 70, 64, device=device)), torch.float16) for _ in range(2))
+
+    def step(q, kd, ks, vd, vs):
+        return fp8_decode.fp8_decode(q * 2, QuantKV(kd, ks, torch.float16), QuantKV(vd, vs, torch.float16), None,
+                                     scale=0.125) + 1
+
+    explained = torch._dynamo.explain(step)(q, keys.data, keys.scale, values.data, values.scale)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
 
 
 def test_kernel_problems_are_named():

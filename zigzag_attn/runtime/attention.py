@@ -17,7 +17,7 @@ import torch
 from ..plan import MIXED, RETRIEVAL, Plan
 from . import fp8_decode, kernels
 from .cache import SplitKV, head_groups, head_split
-from .quant import QuantKV
+from .quant import QuantKV, round_trip
 from .step import Step
 
 STREAMING_BACKENDS = ("auto", "sdpa", "flex")
@@ -48,6 +48,12 @@ class Dispatch:
         been run on a GPU against the SDPA path."""
         return self.retrieval_backend == "flash"
 
+    def stored_fp8(self, k, kwargs) -> bool:
+        """Retrieval keys handed over as plain tensors (no cache) where an FP8 plan would store them: a forward
+        without a cache must see what one with a cache sees, so they go through the format here. The model's own
+        sliding layers keep its dtype in the cache, so they are left alone."""
+        return self.plan.kv_dtype == "fp8" and isinstance(k, torch.Tensor) and kwargs.get("sliding_window") is None
+
     def fp8_kernel(self, q: torch.Tensor) -> bool:
         """Whether one-token attention over FP8 KV runs the fused kernel (`patch` resolves "auto")."""
         return self.fp8_backend == "triton" and q.is_cuda
@@ -56,6 +62,8 @@ class Dispatch:
         step: Step | None = kwargs.pop("zigzag_step", None)
         mode = self.plan.modes[module.layer_idx]
         if mode == RETRIEVAL:
+            if self.stored_fp8(key, kwargs):
+                key, value = round_trip(key), round_trip(value)
             return self.full(module, query, key, value, attention_mask, scaling, dropout, kwargs), None
         if step is None:
             raise RuntimeError("streaming attention needs token positions; call the patched model itself "
@@ -110,6 +118,8 @@ class Dispatch:
         else:  # no cache: every head sees the same keys
             r_kv, s_kv = head_groups(*head_split(row), k.device)
             kr, ks, vr, vs = r_kv(k), s_kv(k), r_kv(v), s_kv(v)
+            if self.stored_fp8(kr, kwargs):
+                kr, vr = round_trip(kr), round_trip(vr)
         order = r_heads + s_heads
         r_q, s_q = head_groups(r_heads, s_heads, q.device)
         out = torch.cat([self.full(module, r_q(q), kr, vr, mask, scaling, dropout, kwargs),
@@ -126,8 +136,9 @@ def resolve_fp8_backend(backend: str, plan: Plan, device: torch.device, dtype: t
         return "dequantize"
     probe = torch.empty(1, 1, 1, head_dim, dtype=dtype, device=device)
     why = fp8_decode.problem(probe, head_dim) if device.type == "cuda" else "the model is not on a CUDA GPU"
-    if backend == "triton":
-        if why:
-            raise ValueError(f"fp8_backend='triton' cannot run here: {why}")
-        return "triton"
-    return "triton" if why is None and torch.cuda.get_device_capability(device)[0] in FP8_KERNEL_ARCHS else "dequantize"
+    if backend == "triton" and why:
+        raise ValueError(f"fp8_backend='triton' cannot run here: {why}")
+    if backend == "auto" and (why or torch.cuda.get_device_capability(device)[0] not in FP8_KERNEL_ARCHS):
+        return "dequantize"
+    fp8_decode.register()
+    return "triton"

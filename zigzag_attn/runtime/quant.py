@@ -37,6 +37,11 @@ def dequantize(values: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     return (values.float() * scale.float()).to(dtype)
 
 
+def round_trip(x: torch.Tensor) -> torch.Tensor:
+    """`x` as the FP8 cache would hand it back: quantised, then read back in `x`'s dtype."""
+    return dequantize(*quantize(x), x.dtype)
+
+
 @dataclass
 class QuantKV:
     """Keys (or values) of an FP8 layer: `data` `(batch, kv_heads, tokens, head_dim)` float8, `scale`
