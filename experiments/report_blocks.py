@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import report_frontier as rf
 import throughput_report
-from report_qwen import HARD, MODELS, RETRIEVAL_TASKS, gate_steps, matrix, mean
+from report_qwen import HARD, MODELS, RETRIEVAL_TASKS, cells_label, gate_steps, matrix, mean
 from report_small import cost_rows, cost_table
 from report_util import Ctx, f, jsonl, length_label, minutes, table
 
@@ -55,10 +55,11 @@ def results_block(ctx: Ctx) -> str:
             out.append([cfg["short"] if ratio == "0.5" else "", f"{float(ratio):.0%}"]
                        + ["" if v is None and i == 0 else f"**{v:.3f}**" if i and v == top else f(v, 3)
                           for i, v in enumerate(vals)])
-    lens = sorted({r["length"] for r in raw(next(iter(MODELS)))})
+    first = raw(next(iter(MODELS)))
+    lens = sorted({r["length"] for r in first})
     return "\n".join([
         f"Mean accuracy over multi-key and multi-value retrieval at {', '.join(length_label(n) for n in lens)} tokens "
-        f"(8 cells of {raw(next(iter(MODELS)))[0]['prompts']} prompts each, genres calibration never read); "
+        f"({cells_label(first).split(', ')[-1]} of {first[0]['prompts']} prompts each, genres calibration never read); "
         "at equal KV bytes in each row; – not measured. Every cell, and NIAH and pass key: "
         "[docs/results.md](docs/results.md).", "", table(head, out), "", speed_line()])
 
@@ -130,9 +131,11 @@ def methods_block(ctx: Ctx) -> str:
             if any(v is not None for v in vals):
                 out.append([cfg["short"] if ratio == "0.5" else "", f"{float(ratio):.0%}",
                             f(full, 3) if ratio == "0.5" else ""] + [f(v, 3) for v in vals])
+    first = raw(next(iter(MODELS)))
+    lens = sorted({r["length"] for r in first})
     return "\n".join([
-        "Mean accuracy over multi-key and multi-value, 4k–32k (8 cells, 48 prompts each, genres calibration never "
-        "read); – not run:", "",
+        f"Mean accuracy over {cells_label(first)} ({length_label(lens[0])}–{length_label(lens[-1])}, "
+        f"{first[0]['prompts']} prompts each, genres calibration never read); – not run:", "",
         table(["model", "KV kept", "full"] + [name for _, name in fams], out)])
 
 
@@ -158,8 +161,9 @@ def frontier_block(ctx: Ctx) -> str:
                 step = [timing.get((p, n)) for n in (8192, 32768)]
                 out.append([cfg["short"], f"{float(ratio):.0%}", p, f(hard, 3), f(every, 3)]
                            + [f(s, 3) for s in step])
-    return table(["model", "KV kept", "plan", "multi-key + multi-value (8 cells)", "all four retrieval tasks (16)",
-                  "step ÷ zigzag, 8k", "step ÷ zigzag, 32k"], out)
+    first = raw(next(iter(MODELS)))
+    return table(["model", "KV kept", "plan", f"mean: {cells_label(first)}",
+                  f"mean: {cells_label(first, RETRIEVAL_TASKS)}", "step ÷ zigzag, 8k", "step ÷ zigzag, 32k"], out)
 
 
 BLOCKS = {

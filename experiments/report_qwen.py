@@ -39,6 +39,14 @@ def mean(rows: list[dict], policy: str, tasks=HARD, lengths=None) -> float | Non
     return sum(by[c] for c in cells) / len(cells)
 
 
+def cells_label(rows: list[dict], tasks=HARD) -> str:
+    """'multi-key and multi-value, 8 cells' for the tasks and the lengths the rows have."""
+    names = {"multikey": "multi-key", "multivalue": "multi-value", "niah": "NIAH", "passkey": "pass key"}
+    lens = {r["length"] for r in rows}
+    words = [names.get(t, t) for t in tasks]
+    return f"{', '.join(words[:-1])} and {words[-1]}, {len(tasks) * len(lens)} cells"
+
+
 def se(rows: list[dict], policy: str, tasks=HARD) -> float | None:
     """Standard error of `mean`, counting each prompt of a cell as one binomial trial."""
     cells = [r for r in rows if r["policy"] == policy and r["task"] in tasks]
@@ -99,7 +107,9 @@ def gate_steps(alias: str) -> str:
         b = mean(rows, f"duo@{ratio}")
         if a is not None and b is not None:
             out.append((f"{float(ratio):.0%}", f(a, 3), f(b, 3), f(mean(rows, f"zigzag@{ratio}"), 3)))
-    return table(["KV kept", "head plan, gates 100 steps", "head plan, 1,000 steps", "zigzag"], out)
+    steps = load_json(f"{d}/head_scores.json")["meta"]["steps"]
+    few = load_json(f"{d}/head_scores_100steps.json")["meta"]["steps"]
+    return table(["KV kept", f"head plan, gates {few:,} steps", f"head plan, {steps:,} steps", "zigzag"], out)
 
 
 def findings(rows: list[dict], hybrids: dict[str, float | None]) -> list[str]:
@@ -114,7 +124,7 @@ def findings(rows: list[dict], hybrids: dict[str, float | None]) -> list[str]:
             continue
         layer = {p: v for p, v in got.items() if not p.startswith(("duo", "best random"))}
         best = max(layer, key=layer.get)
-        line = (f"- **{float(ratio):.0%} of KV** (multi-key and multi-value, 8 cells; full {full:.3f}): zigzag "
+        line = (f"- **{float(ratio):.0%} of KV** ({cells_label(rows)}; full {full:.3f}): zigzag "
                 f"{got[f'zigzag@{ratio}']:.3f} ({got[f'zigzag@{ratio}'] / full:.2f} of full)")
         if f"duo@{ratio}" in got:
             gap = (se(rows, f"zigzag@{ratio}") ** 2 + se(rows, f"duo@{ratio}") ** 2) ** 0.5
@@ -160,8 +170,8 @@ def section(ctx: Ctx, alias: str) -> str:
            *frontier(ctx, alias),
            "### Every task and length", "", *rm.task_tables(rows),
            "### Calibration", "", calibration(alias), "",
-           "Head gates need training: the head plan with gates trained 100 and 1,000 steps (mean over multi-key "
-           "and multi-value, 8 cells):", "", gate_steps(alias), ""]
+           "Head gates need training: the head plan from gates trained fewer steps, beside the matrix's (same "
+           f"prompts; mean over {cells_label(rows)}):", "", gate_steps(alias), ""]
     return "\n".join(out)
 
 
@@ -181,13 +191,13 @@ MODELS = {
 
 
 def summary_means(alias: str) -> dict[str, float | None]:
-    """policy -> mean over multi-key and multi-value (8 cells), for the README's table."""
+    """policy -> mean over multi-key and multi-value at every length, for the README's table."""
     rows = matrix(MODELS[alias]["dir"])
     return {p: mean(rows, p) for p in rm.policy_order(rows)}
 
 
 def hybrid_means(alias: str) -> dict[str, float | None]:
-    """hybrid policy -> mean over multi-key and multi-value (8 cells), from the raw rows."""
+    """hybrid policy -> mean over multi-key and multi-value at every length, from the raw rows."""
     raw = jsonl(f"{MODELS[alias]['dir']}/matrix.jsonl")
     out = defaultdict(list)
     for r in raw:

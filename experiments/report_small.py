@@ -109,6 +109,7 @@ def _smollm2_pngs(res: dict, which: str, path: str) -> None:
 def smollm2(ctx: Ctx) -> str:
     one, two = load_json("compare_methods_smollm2.json"), load_json("greedy_long_smollm2.json")
     cfg, steps = one["config"], one["steps"]
+    layers = one["model"]["num_layers"]
     methods = [("`gates-head`", f"DuoAttention gates per KV head, {cfg['gate_steps']} steps at {cfg['gate_len']} "
                 "tokens; a layer's score is its mean gate (`-max`: its largest)", steps["gates-head"]["seconds"]),
                ("`gates-layer`", "one gate per layer, the same objective", steps["gates-layer"]["seconds"]),
@@ -122,7 +123,9 @@ def smollm2(ctx: Ctx) -> str:
         "## SmolLM2-135M (evaluated on the calibration genre only)", "",
         "**These runs evaluate on held-out Austen novels: other books, but the genre calibration read.** They "
         "overstate what a plan keeps on text unlike its calibration data; the Qwen sections above use genres "
-        "calibration never read. Plans: k of 30 layers kept retrieval (15 / 10 / 8 = 50% / 33% / 25%). "
+        f"calibration never read. Plans keep k of the {layers} layers retrieval: "
+        + ", ".join(f"k={shipped(f'smollm2-135m@{r}')['provenance']['retrieval_layers']} (`@{r}`)"
+                    for r in ("0.5", "0.33", "0.25")) + ". "
         f"{one['device']}, {one['dtype'].replace('torch.', '')}. Raw: "
         "[compare_methods_smollm2.json](results/compare_methods_smollm2.json), "
         "[greedy_long_smollm2.json](results/greedy_long_smollm2.json).", "",
