@@ -19,7 +19,9 @@ CELLS = [
 
 Each decoder layer of a model either keeps **full attention** (*retrieval*) or **streams** over a few sink tokens plus
 a recent window, and a streaming layer's KV cache holds only those tokens. Which layers may stream decides whether
-the model can still find a fact far back in its context. This notebook, on SmolLM2-135M-Instruct (CPU, a few minutes):
+the model can still find a fact far back in its context. This notebook shows the mechanics on a tiny model,
+SmolLM2-135M-Instruct, with short prompts (CPU, a few minutes); how plans hold up on long contexts and on text unlike
+their calibration data is in [docs/results.md](../docs/results.md). It:
 
 1. **profiles** how retrieval-critical each layer is (`method="attention"`: each layer made streaming alone, and the
    rise in the loss on hidden passkeys measured),
@@ -136,7 +138,8 @@ plt.show()"""),
 also attend over only `sink + window` keys, so their cost no longer grows with the context.
 
 Next: `zigzag-attn show plan.json --png plan.png` to inspect a plan, `zigzag-attn generate` to try it on your own
-prompt, and `zz.Plan.load("smollm2-135m@0.5")` for the plans shipped with the package."""),
+prompt, and `zz.Plan.load("qwen2.5-coder-1.5b@0.5")` for a shipped plan judged on genres calibration never read
+(the shipped `smollm2-135m@*` plans were judged only on books of the calibration genre)."""),
 ]
 
 

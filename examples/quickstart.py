@@ -4,6 +4,10 @@
 
 Runs on CPU in about a minute. The plan is a file made by `zigzag-attn calibrate`, or a shipped plan by name.
 It prints what full attention and the patched model answer, and the KV cache each one keeps.
+
+This demonstrates the mechanics on a tiny model with one short prompt; it does not measure accuracy. The shipped
+`smollm2-135m@*` plans were judged only on held-out books of the calibration genre; plans judged on genres
+calibration never read, and how to check your own, are in the README and docs/results.md.
 """
 
 from __future__ import annotations

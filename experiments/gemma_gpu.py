@@ -1,6 +1,6 @@
 """Make the shipped Gemma-3-270M plan on a GPU and evaluate it against every single-layer choice, 2k to 32k tokens.
 
-    python3 experiments/gemma_gpu.py --gguf /root/zz-models/gemma-3-270m-q4_k_m.gguf --out $OUT [--quick --device cpu]
+    python3 experiments/gemma_gpu.py --gguf PATH/gemma-3-270m-q4_k_m.gguf --out DIR [--quick --device cpu]
 
 Produced docs/results/gemma_gpu/ and the shipped plan zigzag_attn/plans/gemma3-270m@0.33.json (docs/results.md,
 "Gemma-3-270M"; run as benchmarks/gemma_gpu.py, the command they record).

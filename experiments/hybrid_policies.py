@@ -1,4 +1,4 @@
-"""Hybrid plans at equal KV for the frontier of issue #16 (part 3), and finding policies whose plans are identical.
+"""Hybrid plans at zigzag's KV (the frontier of docs/results.md), and finding policies whose plans are identical.
 
 `hybrid-m{m}@{r}`: `solve_hybrid` on the robust layer ranking shared among each layer's KV heads by the
 DuoAttention head gates (`zz.split_layer_scores`), at zigzag@r's KV fraction at the longest eval length, with at

@@ -20,8 +20,8 @@ from zigzag_attn.plan import RETRIEVAL, STREAMING
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs/results"
-COMMAND = ("python3 benchmarks/compare_methods.py --model /root/zz-models/SmolLM2-135M-Instruct.Q4_1.gguf "
-           "--out $OUT --budget-s 330")
+# the command that made the recorded comparison (its model file given by name: any local copy of it will do)
+COMMAND = "python3 benchmarks/compare_methods.py --model SmolLM2-135M-Instruct.Q4_1.gguf --out $OUT --budget-s 330"
 
 
 def main() -> None:

@@ -1,16 +1,16 @@
-"""The frontier of issue #16: accuracy against decode time and KV bytes for zigzag, hybrids and DuoAttention.
+"""The frontier: accuracy against decode time and KV bytes for zigzag, hybrids and DuoAttention's head plan.
 
     python experiments/report_frontier.py MATRIX.jsonl [MORE.jsonl ...] --timing bench_plans.jsonl [...] \
-        --png docs/results/frontier_q05.png
+        --png frontier.png
 
 MATRIX rows come from experiments/gpu_accuracy.py (held-out genres), timing rows from benchmarks/bench_plans.py
 (compiled decode, interleaved in one process per file). Accuracy is compared on the (task, length) cells every
 listed policy ran. "share of duo" is a policy's accuracy on a task (all answers at the common lengths pooled) over
 duo@r's at the same r (equal KV); "÷ zigzag" is the drift-free ratio of decode steps (the median over rounds of
 round medians) to zigzag@r measured in the same process; where several stages of bench_plans.py timed a point,
-the last stage's ratio is shown with the range over all of them in brackets. Targets (issue #16): some hybrid with
-at most 2 mixed layers has >= 0.97 of duo's accuracy on every task and decodes within 1.03x of zigzag at every
-length timed, in every stage.
+the last stage's ratio is shown with the range over all of them in brackets. With `targets`, a line per hybrid of
+at most 2 mixed layers says whether it keeps >= 0.97 of duo's accuracy on every task and decodes within 1.03x of
+zigzag at every length timed, in every stage. experiments/report.py uses these tables for docs/results.md.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def summary(acc_rows: list[dict], t: dict, policies: list[str]) -> tuple[list[di
     return out, common
 
 
-def table(items: list[dict], common: list[tuple[str, int]], batch: int = BATCH) -> str:
+def table(items: list[dict], common: list[tuple[str, int]], batch: int = BATCH, with_targets: bool = True) -> str:
     tasks = sorted({c[0] for c in common})
     contexts = sorted({n for it in items for n in it["ms"]})
     head = (["policy", f"KV at {length_label(items[0]['longest'])}", "mean acc"] + [f"{t} ÷ duo" for t in tasks]
@@ -100,11 +100,12 @@ def table(items: list[dict], common: list[tuple[str, int]], batch: int = BATCH) 
                  + ["–" if v is None or not v[1].startswith("zigzag") else f"{v[0][-1]:.3f}" + _spread(v[0])
                     for v in (it["vs"][n] for n in contexts)])
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", *targets(items)])
+    return "\n".join(lines + (["", *targets(items)] if with_targets else []))
 
 
 def targets(items: list[dict]) -> list[str]:
-    """The issue's two targets, per ratio, for the hybrids with at most 2 mixed layers."""
+    """The two bounds (>= 0.97 of duo on every task, <= 1.03x zigzag's step), per ratio, for the hybrids with at
+    most 2 mixed layers."""
     out = []
     for it in items:
         m = re.fullmatch(r"hybrid-m(\d+)(-s\d+)?@.+", it["policy"])

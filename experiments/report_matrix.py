@@ -1,6 +1,6 @@
-"""Tables and a PNG from experiments/gpu_accuracy.py's matrix.jsonl (docs/results.md's Qwen sections).
+"""Tables and a PNG from experiments/gpu_accuracy.py's matrix.jsonl (used by experiments/report.py for docs/results.md).
 
-    python experiments/report_matrix.py docs/results/matrix_qwen2.5-coder-0.5b.jsonl --png docs/results/kv_q05.png
+    python experiments/report_matrix.py docs/results/qwen/matrix.jsonl --png accuracy_vs_kv.png
 
 Accuracy per (task, length) cell, each cell n prompts (half "technical", half "legal"); "best random" is the best
 of the random layer sets in each cell (an optimistic baseline: chosen after seeing the answers). Share of full is
@@ -15,7 +15,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-# issue #14's candidates sit beside the zigzag plan they compete with; unknown names follow, sorted
+# the other layer rankings sit beside the zigzag plan they compete with; unknown names follow, sorted
 ORDER = ["full", *(f"{p}@{r}" for r in ("0.5", "0.33", "0.25") for p in (
     "zigzag", "duo", "ablation", "default", "shipped", "cpu", "layergates", "gatemean", "gatemax", "best random")),
     "streaming"]
@@ -43,14 +43,25 @@ def load(path: str) -> list[dict]:
             counts[m.group(1), r["task"], r["length"]] += 1
     for key, r in best.items():
         r["sets"] = counts[key]
-    # the hybrids (issue #16) share this file and belong to experiments/report_frontier.py
+    # the hybrids share this file and belong to experiments/report_frontier.py
     return [r for r in rows if not r["policy"].startswith(("random-", "hybrid-"))] + list(best.values())
 
 
 def tables(rows: list[dict]) -> str:
+    """Every task's table, then the summaries and the notes on identical policies."""
+    return "\n".join(task_tables(rows) + summaries(rows))
+
+
+def policy_order(rows: list[dict]) -> list[str]:
+    names = {r["policy"] for r in rows}
+    return [p for p in ORDER if p in names] + sorted(names - set(ORDER))
+
+
+def task_tables(rows: list[dict]) -> list[str]:
+    """A line on prompts and random sets per cell, then one accuracy table per task (policy x length)."""
     cells = sorted({(r["task"], r["length"]) for r in rows}, key=lambda c: (c[0], c[1]))
     by = {(r["policy"], r["task"], r["length"]): r for r in rows}
-    policies = [p for p in ORDER if any(k[0] == p for k in by)] + sorted({r["policy"] for r in rows} - set(ORDER))
+    policies = policy_order(rows)
     n = sorted({r["prompts"] for r in rows})
     out = [f"Prompts per cell: {', '.join(map(str, n))}. Random sets per cell: "
            f"{', '.join(sorted({str(r['sets']) for r in rows if 'sets' in r})) or 'none'}.", ""]
@@ -66,13 +77,21 @@ def tables(rows: list[dict]) -> str:
             if any(vals):
                 out.append(f"| {p} | " + " | ".join("—" if v is None else f"{v['accuracy']:.2f}" for v in vals) + " |")
         out.append("")
+    return out
+
+
+def summaries(rows: list[dict]) -> list[str]:
+    """The summary over the cells every policy ran; a second one over the wider set of cells the matrix's own
+    policies (full, zigzag, duo, random, streaming) ran, when that is wider; notes on identical policies."""
+    by = {(r["policy"], r["task"], r["length"]): r for r in rows}
+    policies = policy_order(rows)
     common = common_cells(rows)
-    out += summary(by, policies, common, "every policy ran")
-    core = [p for p in policies if p.split("@")[0] in CORE]  # issue #13's matrix: more cells than every candidate ran
+    out = summary(by, policies, common, "every policy ran")
+    core = [p for p in policies if p.split("@")[0] in CORE]  # the matrix: more cells than every candidate ran
     wide = common_cells([r for r in rows if r["policy"] in core])
     if len(wide) > len(common):
         out += [""] + summary(by, core, wide, "the matrix's policies (full, zigzag, duo, random, streaming) ran")
-    return "\n".join(out + [""] + identical(by, common, policies))
+    return out + [""] + identical(by, common, policies)
 
 
 def summary(by: dict[tuple, dict], policies: list[str], cells: list[tuple[str, int]], which: str) -> list[str]:
