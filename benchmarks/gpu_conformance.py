@@ -89,7 +89,9 @@ def main() -> int:
     from zigzag_attn.models import load
 
     model, tok = load(args.smollm2 or "smollm2-135m", device="cuda")
-    text = Path(__file__).resolve().parents[1].joinpath("README.md").read_text() * 10
+    from zigzag_attn.data import load_text
+
+    text = load_text(split="technical")
     x = tok(text, return_tensors="pt").input_ids[:, :2048].to(dev)
     mask = torch.ones_like(x)
     plan = zz.Plan.from_layers(["retrieval" if i % 2 == 0 else "streaming" for i in range(30)], sink=64, window=256,

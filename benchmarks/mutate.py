@@ -41,7 +41,7 @@ PADDED = ("tests/test_matrix.py", "-k", "left_padded_batch and llama")
 ALIGNED = ("tests/test_matrix.py", "-k", "chunked and llama")
 
 MUTANTS = [
-    # the three of issue #19
+    # three realistic slips
     Mutant("static-reorder-noop", "zigzag_attn/runtime/static_cache.py",
            "        super().reorder_cache(beam_idx)\n        if self.ring_pos",
            "        return\n        if self.ring_pos", BEAM,
@@ -65,7 +65,7 @@ MUTANTS = [
            "tail=min(window, total)", ALIGNED, "unpadded rows keep one stale key"),
     Mutant("static-ring-too-long", "zigzag_attn/runtime/static_cache.py",
            "min(plan.sink + plan.window, max_cache_len) + 1", "plan.sink + plan.window + 1",
-           ("tests/test_static.py", "-k", "no_longer"), "rings ignore max_cache_len (issue #18, defect 6)"),
+           ("tests/test_static.py", "-k", "no_longer"), "rings ignore max_cache_len"),
     Mutant("static-full-off-by-one", "zigzag_attn/runtime/static_cache.py", "bool((last >= scratch).any())",
            "bool((last > scratch).any())", ("tests/test_static.py", "-k", "no_longer"),
            "a ring cut to max_cache_len takes one token too many (into its scratch slot)"),

@@ -117,7 +117,7 @@ def robust(args, cfg, model, tok, state: Path, out: Path) -> None:
 
 def gates(cfg, model, tok, state: Path, out: Path, granularity: str = "head") -> None:
     """DuoAttention's distillation objective with one gate per KV head (head_scores.json: the duo@r baseline) or
-    per layer (layer_gates.json: the layergates@r candidate of issue #14)."""
+    per layer (layer_gates.json: the layergates@r candidate)."""
     groups = calibration_groups(tok, lengths=(cfg["gate_len"],), samples=cfg["gate_samples"], seed=7)
     data = [s for g in groups.values() for s in g]
     t = time.perf_counter()

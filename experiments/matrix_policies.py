@@ -28,10 +28,10 @@ PRIORITY = [  # (policies, tasks) chunks, most needed first; every length of --l
     (["default@0.5", "default@0.25"], TASKS),  # `zigzag-attn calibrate`'s device default, when made (gpu_jobs.sh)
     (["zigzag@0.33", "duo@0.33", "ablation@0.5", "ablation@0.25"], TASKS),
     ([f"random-{i}@0.25" for i in range(1, 6)], TASKS),
-    # the frontier (issue #16): hybrids at zigzag@r's KV; m = 1 copies zigzag@r's rows (an identical plan)
+    # the frontier: hybrids at zigzag@r's KV; m = 1 copies zigzag@r's rows (an identical plan)
     ([f"hybrid-m{m}@{r}" for m in (2, 4, 1) for r in hp.RATIOS], hp.TASKS),
     ([f"hybrid-m{m}-s8@{r}" for m in (2, 4) for r in hp.RATIOS], hp.TASKS),
-    ([f"{p}@{r}" for p in ("layergates", "gatemean", "gatemax") for r in RATIOS], TASKS),  # issue #14's gate candidates
+    ([f"{p}@{r}" for p in ("layergates", "gatemean", "gatemax") for r in RATIOS], TASKS),  # other layer rankings
     ([f"{p}@{r}" for p in ("shipped", "cpu", "default") for r in RATIOS], TASKS),  # plans made elsewhere, when present
     ([f"random-{i}@{r}" for r in RATIOS for i in range(1, MAX_RANDOMS + 1)], TASKS),  # the best of 20 (SmolLM2)
 ]
@@ -49,7 +49,7 @@ def policies(cfg, info: zz.ModelInfo, state: Path) -> dict[str, zz.Plan | None]:
     ablation = zz.Scores(rise[:, None].expand(-1, info.num_kv_heads), rise, model=info, method="ablation-worst-task")
     out: dict[str, zz.Plan | None] = {"full": None, "streaming": all_streaming(info, sink=cfg["sink"],
                                                                                   window=cfg["window"]).plan}
-    # issue #14's candidates from the distillation objective: the head gates' mean per layer (the layer scores
+    # layer rankings from the distillation objective: the head gates' mean per layer (the layer scores
     # train_gates records with head gates), their max per layer (a layer with one decisive head stays full: the
     # 1.5B's mean hid it, docs/results.md), and layer gates
     top = torch.as_tensor(heads.heads).float()

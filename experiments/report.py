@@ -24,6 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "benchmarks")]  # report_*.py; bench_report, throughput_report
+import report_fp8  # noqa: E402
 import report_perf  # noqa: E402
 import report_qwen  # noqa: E402
 import report_small  # noqa: E402
@@ -62,11 +63,13 @@ PAGES: dict[str, tuple[str, str, list[Callable[[Ctx], str]]]] = {
         partial(report_qwen.section, alias="qwen2.5-coder-0.5b"),
         report_small.gemma,
         report_small.smollm2,
+        report_fp8.results_section,
         report_small.cost,
     ]),
     "docs/performance.md": ("# Performance", PERF_INTRO, [
         report_perf.summary,
         report_perf.qwen15,
+        report_fp8.performance_section,
         report_perf.llama8b,
         report_perf.kernels,
     ]),

@@ -27,8 +27,15 @@ def length_label(n: int) -> str:
     return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
 
+def main_row(r: dict) -> bool:
+    """A row of the matrix's own policies and tasks; the budget experiments' rows (policies at a KV budget with a
+    window, sink or KV dtype of their own: `~` or `+` in the name, and the multi-query task) have their own tables
+    (report_budget.py)."""
+    return not re.search(r"[~+]", r["policy"]) and r["task"] != "multiquery"
+
+
 def load(path: str) -> list[dict]:
-    rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    rows = [r for r in (json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()) if main_row(r)]
     best: dict[tuple, dict] = {}
     for r in rows:  # best random set per cell, at each ratio
         m = re.fullmatch(r"random-\d+@(.*)", r["policy"])

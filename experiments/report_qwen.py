@@ -61,7 +61,7 @@ def setup(rows: list[dict], alias: str) -> str:
                                                          reverse=True)]
     lens = sorted({r["length"] for r in rows})
     prompts = sorted({r["prompts"] for r in rows})
-    raw = jsonl(f"{MODELS[alias]['dir']}/matrix.jsonl")
+    raw = [r for r in jsonl(f"{MODELS[alias]['dir']}/matrix.jsonl") if rm.main_row(r)]
     sets = sorted({r["policy"].split("@")[0] for r in raw if r["policy"].startswith("random-")})
     return (f"{prov['device']}, {prov['dtype']}. Every policy is scored on the same prompts: "
             f"{'/'.join(map(str, prompts))} per cell, half from each of two genres calibration never read "
@@ -142,7 +142,8 @@ def findings(rows: list[dict], hybrids: dict[str, float | None]) -> list[str]:
 
 def frontier(ctx: Ctx, alias: str) -> list[str]:
     d, short = MODELS[alias]["dir"], MODELS[alias]["short"]
-    acc = list({(r["policy"], r["task"], r["length"]): r for r in jsonl(f"{d}/matrix.jsonl")}.values())
+    rows = [r for r in jsonl(f"{d}/matrix.jsonl") if rm.main_row(r)]
+    acc = list({(r["policy"], r["task"], r["length"]): r for r in rows}.values())
     out = []
     for title, timing, policies, png in MODELS[alias]["frontier"]:
         t = rf.timing(jsonl(timing) if timing else [])
@@ -198,7 +199,7 @@ def summary_means(alias: str) -> dict[str, float | None]:
 
 def hybrid_means(alias: str) -> dict[str, float | None]:
     """hybrid policy -> mean over multi-key and multi-value at every length, from the raw rows."""
-    raw = jsonl(f"{MODELS[alias]['dir']}/matrix.jsonl")
+    raw = [r for r in jsonl(f"{MODELS[alias]['dir']}/matrix.jsonl") if rm.main_row(r)]
     out = defaultdict(list)
     for r in raw:
         if r["policy"].startswith("hybrid-") and r["task"] in HARD:

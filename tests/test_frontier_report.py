@@ -76,7 +76,7 @@ def test_summary_shares_ratios_and_targets(tmp_path):
 
 
 def test_matrix_report_covers_every_policy(tmp_path):
-    """experiments/report_matrix.py: best random per cell with its set count, issue #14's candidates in the tables,
+    """experiments/report_matrix.py: best random per cell with its set count, the other layer rankings in the tables,
     hybrids left to the frontier report, and a PNG for a policy family it has no style for (no KeyError)."""
     import report_matrix as rm
 

@@ -97,19 +97,21 @@ def test_gate_candidates_of_issue_14():
     assert "layergates@0.5" in plans  # layer_gates.json is recorded beside the head gates
 
 
-def test_gpu_job_scripts_name_known_policies_and_tasks():
-    # a misspelt policy or task in a background job would cost a device lease's chunk: caught here instead
-    names = set(mp.KNOWN)
-    chunk = re.compile(r'"([a-z]+(?:,[a-z]+)*) (?:\$|[a-z0-9-]+@)')  # "TASKS POLICIES" of a job's chunk
-    found = {}
-    for script in ("gpu_jobs.sh", "gpu_session.sh"):
-        text = (ROOT / "experiments" / script).read_text()
-        used = set(re.findall(r"(?<![%\w@-])([a-z][a-z0-9-]*@\d(?:\.\d+)?)\b", text))
-        assert used and used <= names, (script, sorted(used - names))
-        found[script] = chunk.findall(text)
-        tasks = {t for group in found[script] for t in group.split(",")}
-        assert tasks <= set(mp.TASKS), (script, sorted(tasks - set(mp.TASKS)))
-    assert len(found["gpu_jobs.sh"]) >= 10  # the pattern still finds the jobs' chunks
+def test_gpu_job_script_names_known_policies_and_tasks():
+    # a misspelt policy or task in a background job would cost a GPU run's chunk: caught here instead
+    text = (ROOT / "experiments" / "gpu_jobs.sh").read_text().replace("%s", "1")  # printf templates: one instance
+    used = set(re.findall(r"(?<![%\w@~-])([a-z][a-z0-9-]*@\d(?:\.\d+)?)(?![~\w])", text))
+    assert used and used <= set(mp.KNOWN), sorted(used - set(mp.KNOWN))
+    budget = set(re.findall(r"(?<![\w-])([a-z][a-z0-9-]*(?:@[\d.]+\+fp8|~[a-z0-9.~%]+|\+fp8))", text))
+    grammar = re.compile(r"(zigzag|duo|gatemax|ablation|random-\d+|choice)(~b[\d.]+)(~w\d+)?(~s\d+)?(~fp8)?"
+                         r"|[a-z0-9-]+(@[\d.]+)?\+fp8")
+    assert budget and all(grammar.fullmatch(b) and mp.is_extended(b) for b in budget), budget
+    tasks = set()
+    calls = "".join(re.findall(r"\n\s+chunks (.*?)(?:;;|\n\s+fi)", text, re.S))  # every `chunks "TASKS POLICIES"`
+    for group in re.findall(r'"(?:\$\w+,)?([a-z]+(?:,[a-z]+)*) ', calls) + re.findall(r"^\w+=([a-z]+(?:,[a-z]+)+)",
+                                                                                      text, re.M):
+        tasks |= set(group.split(","))
+    assert len(tasks) >= 5 and tasks <= set(mp.TASKS), sorted(tasks - set(mp.TASKS))
 
 
 def test_plans_made_elsewhere_and_twenty_random_sets(tmp_path):

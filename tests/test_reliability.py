@@ -1,4 +1,4 @@
-"""Issue #18: no silently wrong result from patch state, stale caches or plan files; clear refusals for
+"""No silently wrong result from patch state, stale caches or plan files; clear refusals for
 unsupported models. Each test names the defect it covers."""
 
 from __future__ import annotations

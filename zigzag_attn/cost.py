@@ -6,7 +6,7 @@ mixed layer (otherwise; it makes two attention calls, the others one).
 Fallback (the bytes-read model): a decode step of a layer reads its KV cache once,
     bytes = 2 (K and V) * head_dim * dtype_bytes * batch * (h * N + (H - h) * min(N, sink + window)),
 and takes `bytes / bandwidth + calls * call_overhead` seconds. It covers the attention layers only: the weights
-every plan reads alike are left out. Defaults, from docs/performance.md (H200, session 5):
+every plan reads alike are left out. Defaults, from docs/performance.md (H200):
   * bandwidth 4.25e12 B/s: the measured device copy, 4.23-4.28 TB/s.
   * call_overhead 45e-6 s: the mixed plan (32 mixed layers, 64 attention calls) against the zigzag plan (32 calls)
     at the same KV budget costs 0.50-0.61 ms more kernel time and 0.64-1.52 ms more host time per step (the

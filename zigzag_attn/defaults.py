@@ -1,8 +1,11 @@
 """Calibration defaults per device: the one place both `zz.profile` and `zigzag-attn calibrate` read them from.
 
-Chosen by measurement (docs/results.md): on a GPU, the ablation scores then measured greedy elimination on 4k
-prompts is the best layer-exclusive method; on CPU, the ablation alone at 1k tokens beats random layer sets by far
-and finishes in minutes on two cores.
+Chosen by measurement (docs/calibration.md, docs/results.md): on a GPU, `robust` (greedy elimination with a
+worst-task objective on three task types, 8k prompts) is the one layer ranking that is best or within noise of the
+best at every budget on both Qwen models: plain ablation falls behind it at 25% of KV on the 0.5B, and ranking by
+the largest head gate collapses to the all-streaming floor at 25% on the 1.5B. On CPU, where `robust` takes about
+12 minutes for SmolLM2 on two cores, the default is the ablation alone at 1k tokens, which beats random layer sets
+by far and finishes in minutes; `--method robust` is the better plan there too.
 
     method      profiling method ("attention": ablation, training-free; "gates": DuoAttention-style training)
     length      tokens per calibration prompt
@@ -18,7 +21,7 @@ from __future__ import annotations
 CALIBRATION = {
     "cpu": {"method": "attention", "length": 1024, "samples": 2, "keys": 4, "refine": False, "candidates": None,
             "batch": 1},
-    "cuda": {"method": "attention", "length": 4096, "samples": 4, "keys": 4, "refine": True, "candidates": None,
+    "cuda": {"method": "robust", "length": 8192, "samples": 4, "keys": 4, "refine": False, "candidates": None,
              "batch": 8},
 }
 

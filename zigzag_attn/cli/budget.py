@@ -48,6 +48,20 @@ def settings(args, device: str) -> dict[str, tuple] | None:
     return out if any(len(v) > 1 for v in out.values()) else None
 
 
+def fewest_layers(args, choices: dict | None, info, k: int) -> int:
+    """The fewest retrieval layers any setting keeps (`k` without choices): the robust greedy search must rank the
+    layers down to it, since the layers it leaves are ordered by ablation only."""
+    if not choices:
+        return k
+    import torch
+
+    from ..scores import Scores
+
+    zero = Scores(torch.zeros(info.num_layers, info.num_kv_heads), model=info)
+    plans = candidates(zero, kv_budget=args.kv_budget, context_length=args.context_length, **choices)
+    return min(len([i for i in p.retrieval_layers if i not in info.native_sliding]) for p in plans)
+
+
 def run(args, opts: dict[str, Any], scores, model, tok, length: int, extra: dict[str, Any]):
     """Solve every setting for the budget, measure them at `length` tokens on validation prompts, return the best
     plan (its choice recorded in `extra["choice"]`)."""

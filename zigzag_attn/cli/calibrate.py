@@ -140,7 +140,7 @@ def run(args, argv: list[str]) -> int:
             raise CLIError(f"cannot build calibration prompts: {e}") from None
     gate_options = {k: v for k, v in (("steps", args.steps), ("granularity", args.granularity)) if v is not None}
     if opts["method"] == "robust":  # one plan: the greedy search stops at its size (scores below it: ablation order)
-        gate_options["keep"] = k / choosable
+        gate_options["keep"] = budget.fewest_layers(args, choices, info, k) / choosable
     say(f"profiling with method={opts['method']!r} ...")
     batch = opts["batch"]
     try:
