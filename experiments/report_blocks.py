@@ -107,14 +107,24 @@ def cost_block(ctx: Ctx) -> str:
 
 
 def cost_line(ctx: Ctx) -> str:
-    """The README's one-line account of the recorded calibration runs (the table: docs/calibration.md)."""
+    """The README's account of what the recommended command costs (the whole table: docs/calibration.md)."""
     rows = cost_rows()
     cpu = rows[0]
-    gpu = [r for r in rows if r[2].startswith("robust") and r[1] != cpu[1]]
-    return (f"Recorded so far ([docs/calibration.md](docs/calibration.md#what-calibration-costs)): `robust` on "
-            f"{cpu[0]}, {cpu[1]}: {minutes(cpu[3])}, {cpu[4]} peak; on an {gpu[0][1]}: "
-            + ", ".join(f"{m} {minutes(sec)}" + (" (GPU shared with other jobs)" if "shared" in w else "")
-                        for m, _, w, sec, _ in gpu) + ".")
+    robust = {m: (sec, "shared" in w) for m, d, w, sec, _ in rows if w.startswith("robust") and d != cpu[1]
+              and m.startswith("Qwen")}
+    choose = {m: sec for m, _, w, sec, _ in rows if w.startswith("zz.choose")}
+    gpu = next(d for _, d, w, _, _ in rows if w.startswith("zz.choose"))
+    parts = [f"{m} {minutes(robust[m][0] + 7 * choose[m])}" for m in choose]
+    small, layers_small, params_small = robust["Qwen2.5-Coder-0.5B"][0], 24, 0.49
+    projected = small * (32 / layers_small) * (8.0 / params_small)  # trials ~ layers x one forward ~ parameters
+    return (f"On CUDA the command runs the `robust` profile, then measures six candidates and full attention on the "
+            f"validation prompts. On one {gpu}, from the recorded parts "
+            f"([docs/calibration.md](docs/calibration.md#what-calibration-costs)): " + ", ".join(parts)
+            + " (upper bounds: other jobs shared the GPU). "
+            f"An 8B model of 32 layers would take about {5 * round(projected / 300)} minutes (a projection: the "
+            f"profile's trials "
+            f"scale with layers × parameters, from the 0.5B's {minutes(small)}); its bf16 weights alone take 16 GB. "
+            f"On CPU, `--method robust` took {minutes(cpu[3])} and {cpu[4]} peak for {cpu[0]} on {cpu[1]}.")
 
 
 # -- docs/calibration.md -------------------------------------------------------------------------------------------

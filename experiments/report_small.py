@@ -7,7 +7,7 @@ import re
 from collections import defaultdict
 
 from report_qwen import MODELS, retrieval_layers, shipped
-from report_util import DATA, Ctx, f, kib_gib, length_label, load_json, minutes, table
+from report_util import DATA, Ctx, f, jsonl, kib_gib, length_label, load_json, minutes, table
 
 CPU_LOG = "smollm2_robust_cpu_bestfirst.log"  # `/usr/bin/time -v zigzag-attn calibrate ...` on two CPU cores
 SHARED_GPU = ("qwen2.5-coder-1.5b",)  # its robust profile ran beside evaluation jobs on the same GPU
@@ -165,6 +165,15 @@ def cost_rows() -> list[tuple]:
         shared = " (GPU shared with other jobs: an upper bound)" if alias in SHARED_GPU else ""
         rows.append((cfg["short"], prov["device"], f"robust{shared}", prov["seconds"], "–"))
         rows.append((cfg["short"], prov["device"], f"head gates, {heads['steps']} steps", heads["seconds"], "–"))
+        choice = DATA / cfg["dir"] / "budget" / "choice.jsonl"
+        if choice.exists():  # zz.choose's validation: one candidate at the target length (GPU shared)
+            rows_ = jsonl(f"{cfg['dir']}/budget/choice.jsonl")
+            per = sorted(r["seconds"] for r in rows_)[len(rows_) // 2]
+            rows.append((cfg["short"], prov["device"], f"zz.choose: one candidate on its validation prompts of "
+                         f"{rows_[0]['length']:,} tokens, median (GPU shared with other jobs)", per, "–"))
+    sm = load_json("smollm2/robust_scores_h200.json")["meta"]
+    rows.insert(1, ("SmolLM2-135M", "NVIDIA H200", f"robust at {sm['tokens']:,} tokens (GPU shared with other jobs)",
+                    sm["seconds"], "–"))
     return rows
 
 

@@ -209,3 +209,24 @@ def test_kernel_problems_are_named():
     else:
         assert "head_dim" in fp8_decode.problem(q, 48)
         assert "bfloat16 or float16" in fp8_decode.problem(q.float(), 64)
+
+
+def test_cli_kv_dtype(capsys, tiny_dir, tmp_path, monkeypatch):
+    """`generate --kv-dtype fp8` runs the plan with FP8 retrieval KV; where float8 cannot be stored, `generate` and
+    `eval` refuse before the model loads."""
+    from test_cli import run
+    from transformers import LlamaForCausalLM
+
+    info = zz.describe(LlamaForCausalLM.from_pretrained(tiny_dir))
+    path = zz.Plan.from_layers(["retrieval", "streaming", "streaming", "retrieval"], sink=4, window=8,
+                               model=info).save(tmp_path / "plan.json")
+    code, _, err = run(capsys, "generate", str(tiny_dir), "--plan", str(path), "--prompt", "Once upon a time",
+                       "--max-new-tokens", "4", "--kv-dtype", "fp8", "--device", "cpu")
+    assert code == 0 and "retrieval KV fp8" in err, err
+    common = sys.modules["zigzag_attn.cli.common"]
+    monkeypatch.setattr("zigzag_attn.runtime.quant.fp8_problem", lambda device: "no float8 here")
+    for argv in (["generate", "no-such-model", "--plan", str(path), "--prompt", "hi", "--kv-dtype", "fp8"],
+                 ["eval", "niah", "no-such-model", "--plan", str(path), "--kv-dtype", "fp8"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "argument --kv-dtype: the plan stores retrieval KV in FP8, but no float8 here" in err, err
+    assert common.with_kv_dtype(zz.Plan.load(path), None, "cpu").kv_dtype == "model"  # the plan's own dtype

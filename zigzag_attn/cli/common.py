@@ -159,6 +159,20 @@ def load_plan(name: str):
         raise CLIError(str(e)) from None
 
 
+def with_kv_dtype(plan, kv_dtype: str | None, device: str | None):
+    """`plan` with its retrieval KV stored as `kv_dtype` (None: as the plan says); a UsageError, before any model
+    loads, when FP8 cannot be stored on `device`."""
+    if kv_dtype is not None:
+        plan = plan.with_kv_dtype(kv_dtype)
+    if plan.kv_dtype == "fp8":
+        from ..runtime.quant import fp8_problem
+
+        why = fp8_problem(device or "cpu")
+        if why:
+            raise UsageError(f"argument --kv-dtype: the plan stores retrieval KV in FP8, but {why}")
+    return plan
+
+
 def device_name(device: str) -> str:
     import torch
 

@@ -17,9 +17,9 @@ from ..eval.policies import duo as duo_policy
 from ..eval.run import evaluate
 from ..eval.tasks import TASKS
 from ..eval.verdict import MEAN, WORST
-from ..plan import Plan
+from ..plan import KV_DTYPES, Plan
 from ..scores import Scores
-from .common import CLIError, Model, UsageError, can_plot, float_arg, int_arg, writable
+from .common import CLIError, Model, UsageError, can_plot, float_arg, int_arg, with_kv_dtype, writable
 
 RULER_TASKS = ("multikey", "multivalue", "multiquery", "vartrack", "commonwords")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -84,7 +84,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     scores = None
     try:
-        plans = _plans(args.plan)
+        kv_dtype = getattr(args, "kv_dtype", None)
+        plans = {n: with_kv_dtype(p, kv_dtype, args.device) for n, p in _plans(args.plan).items()}
         for out in ("json", "png", "budget_png", "heatmap_png"):
             flag = "--" + out.replace("_", "-")
             if getattr(args, out, None):
@@ -189,6 +190,8 @@ def _task_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     sp.add_argument("--text", nargs="+", metavar="FILE", help="haystack text files, directories, or a shipped genre "
                     "never used in calibration: technical (GNU manuals), legal (licence texts) or evaluation (the "
                     "held-out novels, the default)")
+    sp.add_argument("--kv-dtype", choices=KV_DTYPES, help="store every plan's retrieval KV as this (default: each "
+                    "plan's own; fp8: float8 with per-token scales)")
     sp.add_argument("--batch-size", type=_positive, default=1, help="prompts per forward (default 1)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the prompts and random plans (default 0)")
     sp.add_argument("--json", help="write all result rows here")

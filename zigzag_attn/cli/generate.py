@@ -8,7 +8,8 @@ import sys
 import threading
 import time
 
-from .common import CLIError, Model, UsageError, int_arg, load_plan, read_text, say
+from ..plan import KV_DTYPES
+from .common import CLIError, Model, UsageError, int_arg, load_plan, read_text, say, with_kv_dtype
 from .common import device as pick_device
 from .common import dtype as pick_dtype
 
@@ -25,6 +26,8 @@ def add_parser(sub):
     gen.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     gen.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    gen.add_argument("--kv-dtype", choices=KV_DTYPES, help="store the plan's retrieval KV as this (default: the plan's "
+                     "own; fp8: float8 with per-token scales, about half the bytes)")
     gen.set_defaults(run=run, parser=gen)
     return gen
 
@@ -39,7 +42,7 @@ def run(args, argv: list[str]) -> int:
         raise UsageError("argument --prompt-file: the file holds no text" if args.prompt_file is not None
                          else "argument --prompt: the prompt is empty")
     device = pick_device(args.device)
-    plan = load_plan(args.plan)
+    plan = with_kv_dtype(load_plan(args.plan), args.kv_dtype, device)
     target = Model(args.model)
     target.check_plan(plan)  # before the weights load
     model, tok = target.load(pick_dtype(args.dtype, device), device)

@@ -70,27 +70,29 @@ def passkey(tokenizer, length: int, depth: float | None = None, n: int = 1, seed
 def multikey_niah(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | None = None, keys: int = 4
                   ) -> list[Sample]:
     """RULER multi-key NIAH: `keys` needles with distinct keys at random depths; the question asks for one."""
-    if not 1 <= keys <= len(_keys()):
-        raise ValueError(f"keys must be in [1, {len(_keys())}]; got {keys!r}")
-    text, rng = _text(text), random.Random(seed)
-    out = []
-    for _ in range(_count(n)):
-        names = rng.sample(_keys(), keys)
-        values = distinct_numbers(rng, keys, 7)
-        depths = [rng.uniform(0.05, 0.95) for _ in names]
-        ask = rng.randrange(keys)
-        question = (f"\nQuestion: What is the special magic number for {names[ask]} mentioned in the provided text? "
-                    f"Answer: The special magic number for {names[ask]} mentioned in the provided text is")
-        needles = [(d, _magic(k, v)) for d, k, v in zip(depths, names, values, strict=True)]
-        out.append(needle_prompt(tokenizer, text, length, rng, needles, question, [values[ask]], [depths[ask]],
-                                 MAGIC_INTRO))
-    return out
+    def ask(rng, names, values, depths):
+        i = rng.randrange(keys)
+        return (f"\nQuestion: What is the special magic number for {names[i]} mentioned in the provided text? "
+                f"Answer: The special magic number for {names[i]} mentioned in the provided text is"), [values[i]], \
+            [depths[i]]
+    return _keyed(tokenizer, length, n, seed, text, keys, ask)
 
 
 def multiquery(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | None = None, keys: int = 4
                ) -> list[Sample]:
     """RULER multi-query NIAH: `keys` needles with distinct keys at random depths; the question asks for every key's
     number, and the answer lists them in the order the keys are asked (a random order, not the text's)."""
+    def ask(rng, names, values, depths):
+        asked = ", ".join(names[:-1]) + f" and {names[-1]}" if keys > 1 else names[0]
+        return (f"\nQuestion: What are the special magic numbers for {asked} mentioned in the provided text, in "
+                f"that order? Answer: The special magic numbers for {asked} mentioned in the provided text are"), \
+            values, depths
+    return _keyed(tokenizer, length, n, seed, text, keys, ask)
+
+
+def _keyed(tokenizer, length: int, n, seed: int, text: str | None, keys: int, ask) -> list[Sample]:
+    """`n` prompts of `keys` needles with distinct keys and 7-digit numbers at random depths; `ask(rng, names,
+    values, depths)` gives the question, the answers it asks for and their depths."""
     if not 1 <= keys <= len(_keys()):
         raise ValueError(f"keys must be in [1, {len(_keys())}]; got {keys!r}")
     text, rng = _text(text), random.Random(seed)
@@ -99,11 +101,9 @@ def multiquery(tokenizer, length: int, n: int = 1, seed: int = 0, text: str | No
         names = rng.sample(_keys(), keys)
         values = distinct_numbers(rng, keys, 7)
         depths = [rng.uniform(0.05, 0.95) for _ in names]
-        asked = ", ".join(names[:-1]) + f" and {names[-1]}" if keys > 1 else names[0]
-        question = (f"\nQuestion: What are the special magic numbers for {asked} mentioned in the provided text, in "
-                    f"that order? Answer: The special magic numbers for {asked} mentioned in the provided text are")
+        question, items, at = ask(rng, names, values, depths)
         needles = [(d, _magic(k, v)) for d, k, v in zip(depths, names, values, strict=True)]
-        out.append(needle_prompt(tokenizer, text, length, rng, needles, question, values, depths, MAGIC_INTRO))
+        out.append(needle_prompt(tokenizer, text, length, rng, needles, question, items, at, MAGIC_INTRO))
     return out
 
 
