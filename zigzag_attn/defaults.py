@@ -1,9 +1,10 @@
 """Calibration defaults per device: the one place both `zz.profile` and `zigzag-attn calibrate` read them from.
 
 Chosen by measurement (docs/calibration.md, docs/results.md): on a GPU, `robust` (greedy elimination with a
-worst-task objective on three task types, 8k prompts) is the one layer ranking that is best or within noise of the
-best at every budget on both Qwen models: plain ablation falls behind it at 25% of KV on the 0.5B, and ranking by
-the largest head gate collapses to the all-streaming floor at 25% on the 1.5B. On CPU, where `robust` takes about
+worst-task objective on three task types, 8k prompts) is the one layer ranking that held up at every budget on both
+Qwen models: layer gates beat it by one to two standard errors at 50% on the 1.5B, but plain ablation falls far
+behind it at 25% of KV on the 0.5B, and ranking by the largest head gate collapses to the all-streaming floor at 25%
+on the 1.5B. On CPU, where `robust` takes about
 12 minutes for SmolLM2 on two cores, the default is the ablation alone at 1k tokens, which beats random layer sets
 by far and finishes in minutes; `--method robust` is the better plan there too.
 
