@@ -45,6 +45,29 @@ def fp8_accuracy() -> str:
             + table(["policy", "KV (16-bit = 1)", *tasks, "mean", "FP8 / 16-bit"], out))
 
 
+def fp8_shares() -> dict | None:
+    """Mean accuracy over tasks of FP8 over 16-bit, for full attention and the 50% plan (the SmolLM2 run)."""
+    if not (DATA / SMOLLM2_FP8).exists():
+        return None
+    rows = load_json(SMOLLM2_FP8)["rows"]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+
+    def mean(policy):
+        per = [sum(r["correct"] for r in rows if r["policy"] == policy and r["task"] == t)
+               / sum(r["answers"] for r in rows if r["policy"] == policy and r["task"] == t) for t in tasks]
+        return sum(per) / len(per)
+    n = sum(r["n"] for r in rows if r["policy"] == "full" and r["task"] == tasks[0])
+    return {"model": "SmolLM2-135M", "full": mean("full-fp8") / mean("full"), "plan": mean("half-fp8") / mean("half"),
+            "n": n, "length": rows[0]["length"], "tasks": ", ".join(tasks)}
+
+
+def fp8_batch() -> dict | None:
+    """The largest batch of zigzag with FP8 retrieval KV over 16-bit zigzag's, at 32k (the 1.5B)."""
+    rows = jsonl("fp8/throughput_q15_32k_eager.jsonl")
+    got = {r["policy"]: r["batch"] for r in rows if r.get("part") == "decode"}
+    return {"model": "Qwen2.5-Coder-1.5B", "batch": got["zigzag-fp8"] / got["zigzag"]} if len(got) == 2 else None
+
+
 def choice_rows(model_dir: str) -> list[dict]:
     path = DATA / model_dir / "budget" / "choice.jsonl"
     return jsonl(f"{model_dir}/budget/choice.jsonl") if path.exists() else []
