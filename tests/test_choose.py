@@ -88,3 +88,16 @@ def test_budget_flags_refused_before_the_model_loads(capsys, tmp_path, extra, na
     code, _, err = run(capsys, "calibrate", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "p.json"),
                        *extra)
     assert code == 2 and names in err, err
+
+
+def test_hybrid_plans_get_the_same_kv_dtype_freedom():
+    heads = zz.Scores(torch.rand(8, 2, generator=torch.Generator().manual_seed(3)), model=INFO, method="gates")
+    plain = zz.solve_hybrid(heads, kv_budget=0.3, context_length=4096, max_mixed=2)
+    fp8 = zz.solve_hybrid(heads, kv_budget=0.3, context_length=4096, max_mixed=2, kv_dtype="fp8")
+    count = lambda p: sum(map(sum, p.head_mask(2)))  # noqa: E731 - retrieval heads
+    assert fp8.kv_dtype == "fp8" and fp8.kv_fraction(4096) <= 0.3 < plain.kv_fraction(4096) * 1.9
+    assert count(fp8) > 1.8 * count(plain) and len(fp8.mixed_layers) <= 2
+    exclusive = zz.solve_hybrid(heads, kv_budget=0.3, context_length=4096, max_mixed=0, kv_dtype="fp8")
+    assert exclusive.kv_dtype == "fp8" and exclusive.is_layer_exclusive
+    with pytest.raises(ValueError, match="latency_budget predicts 16-bit KV reads"):
+        zz.solve_hybrid(heads, kv_budget=0.3, context_length=4096, max_mixed=2, kv_dtype="fp8", latency_budget=1.0)

@@ -25,25 +25,31 @@ from numbers import Integral, Real
 from typing import Any
 
 from .cost import CostModel
-from .plan import RETRIEVAL, STREAMING, Plan, check_sink_window
+from .plan import RETRIEVAL, STREAMING, Plan, check_kv_dtype, check_sink_window
 from .scores import Scores
 from .solve import _budget_args, _largest_within, _native_layers, solve
 
 
 def solve_hybrid(scores: Scores, *, kv_budget: float, context_length: int, max_mixed: int,
                  latency_budget: float | None = None, cost: CostModel | None = None, batch: int = 1, sink: int = 64,
-                 window: int = 256) -> Plan:
+                 window: int = 256, kv_dtype: str = "model") -> Plan:
     """Plan maximising the retained head score within `kv_budget` at `context_length`, with at most `max_mixed`
     mixed layers and, if given, a predicted decode latency of its attention layers <= `latency_budget` seconds
     (per step, at `batch` sequences, from `cost`; default `CostModel()`, the bytes-read model for the H200).
 
     `max_mixed=0` gives exactly `solve(scores, kv_budget=..., context_length=...)`'s layers (ranked by
     `scores.layers`), within the latency budget if one is given. `scores.heads` is `[num_layers, num_kv_heads]`.
+    kv_dtype: how retrieval KV is stored, as in `solve` (the latency model counts 16-bit KV, so not with
+    `latency_budget`).
     """
     if not isinstance(scores, Scores):
         raise TypeError(f"scores must be a Scores; got {type(scores).__name__}")
     f, N = _budget_args(kv_budget, context_length)
     check_sink_window(sink, window)
+    check_kv_dtype(kv_dtype)
+    if kv_dtype != "model" and latency_budget is not None:
+        raise ValueError("latency_budget predicts 16-bit KV reads; it cannot judge a plan with kv_dtype="
+                         f"{kv_dtype!r}")
     if isinstance(max_mixed, bool) or not isinstance(max_mixed, Integral) or max_mixed < 0:
         raise ValueError(f"max_mixed must be an integer >= 0 (the most mixed layers the plan may have); "
                          f"got {max_mixed!r}")
@@ -67,7 +73,7 @@ def solve_hybrid(scores: Scores, *, kv_budget: float, context_length: int, max_m
         mask = [[i in native] * H for i in range(scores.num_layers)]
         for j in range(t):
             mask[choosable[j // H]][j % H] = True
-        return Plan.from_heads(mask, sink=sink, window=window, model=scores.model)
+        return Plan.from_heads(mask, sink=sink, window=window, model=scores.model, kv_dtype=kv_dtype)
 
     most = _largest_within(heads_plan, 0, len(choosable) * H, f, N, what="every choosable head streaming")
     ranked = [sorted(range(H), key=lambda h, i=i: (-head_scores[i][h], h)) for i in choosable]
@@ -78,14 +84,15 @@ def solve_hybrid(scores: Scores, *, kv_budget: float, context_length: int, max_m
 
     notes = {"max_mixed": int(max_mixed), "latency_budget": latency_budget, "batch": int(batch)}
     if max_mixed == 0:  # the same layers as solve: it ranks whole layers by scores.layers
-        base = solve(scores, retrieval_layers=sum(k == H for k in choices), sink=sink, window=window)
+        base = solve(scores, retrieval_layers=sum(k == H for k in choices), sink=sink, window=window,
+                     kv_dtype=kv_dtype)
         mask = base.head_mask(H)
     else:
         mask = [[i in native] * H for i in range(scores.num_layers)]
         for i, order, k in zip(choosable, ranked, choices, strict=True):
             for h in order[:k]:
                 mask[i][h] = True
-    plan = Plan.from_heads(mask, sink=sink, window=window, model=scores.model)
+    plan = Plan.from_heads(mask, sink=sink, window=window, model=scores.model, kv_dtype=kv_dtype)
     constraint = {"kv_budget": f, "context_length": N, **notes, "retrieval_heads": sum(choices),
                   "mixed_layers": len(plan.mixed_layers), "kv_fraction": plan.kv_fraction(N)}
     provenance = {"method": scores.method, "solver": "hybrid-dp", "constraint": constraint,
@@ -96,8 +103,9 @@ def solve_hybrid(scores: Scores, *, kv_budget: float, context_length: int, max_m
     if max_mixed == 0:
         return Plan.from_layers([RETRIEVAL if all(r) else STREAMING for r in mask], sink=sink, window=window,
                                 model=scores.model, provenance={**provenance, "layer_scores": base.provenance[
-                                    "layer_scores"]})
-    return Plan.from_heads(mask, sink=sink, window=window, model=scores.model, provenance=provenance)
+                                    "layer_scores"]}, kv_dtype=kv_dtype)
+    return Plan.from_heads(mask, sink=sink, window=window, model=scores.model, provenance=provenance,
+                           kv_dtype=kv_dtype)
 
 
 def _layer_times(scores: Scores, cost: CostModel, N: int, batch: int, sink: int, window: int) -> dict[str, Any]:
