@@ -54,7 +54,7 @@ def policy_models(base, plans: dict[str, zz.Plan | None], decode_backend: str) -
         if plan is None:
             models[policy] = base
         else:
-            fp8 = "dequantize" if policy.endswith("-dq") else "auto"
+            fp8 = "dequantize" if policy.endswith("-dq") else "triton"
             models[policy] = zz.patch(copy.deepcopy(base, memo=dict(shared)), plan, decode_backend=decode_backend,
                                       fp8_backend=fp8)
     return models

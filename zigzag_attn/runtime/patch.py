@@ -49,7 +49,7 @@ def patch(model, plan: Plan, *, streaming_backend: str = "auto", retrieval_backe
     torch matmuls elsewhere), "sdpa" or "split".
     fp8_backend (plans with kv_dtype "fp8"): how one-token attention reads the FP8 retrieval KV. "triton" (a fused
     kernel reading float8 directly; CUDA, bfloat16/float16 models), "dequantize" (a 16-bit copy, then the decode
-    backend) or "auto" (the kernel on the GPUs it has been checked on, Hopper; else "dequantize").
+    backend) or "auto" (the kernel on the GPUs of `attention.FP8_KERNEL_ARCHS`, none yet: "dequantize").
     """
     check_transformers_version()
     if not isinstance(plan, Plan):
