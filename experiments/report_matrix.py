@@ -30,7 +30,7 @@ def length_label(n: int) -> str:
 def main_row(r: dict) -> bool:
     """A row of the matrix's own policies and tasks; the budget experiments' rows (policies at a KV budget with a
     window, sink or KV dtype of their own: `~` or `+` in the name, and the multi-query task) have their own tables
-    (report_budget.py)."""
+    (report_fp8.py)."""
     return not re.search(r"[~+]", r["policy"]) and r["task"] != "multiquery"
 
 

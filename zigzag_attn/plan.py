@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import jsonfile
+from .model_info import ModelInfo, need
 
 FORMAT = "zigzag-attn/plan"
 VERSION = 1
@@ -23,66 +24,6 @@ KV_DTYPES = ("model", "fp8")  # how retrieval KV is stored: the model's dtype, o
 FP8_SCALE_BYTES = 2  # one bfloat16 scale per token, KV head and K or V (runtime/quant.py)
 PROVENANCE = "provenance (a JSON object of notes on how the plan was made)"
 MAX_TOKENS = 2**31 - 1  # bound on sink and window: far past any context, small enough for position arithmetic
-
-
-def need(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
-    """`value` if it is of `kind` (a bool is not an int here); else a TypeError naming `what`."""
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-        raise TypeError(f"{what} must be {names}; got {type(value).__name__} {value!r:.60}")
-    return value
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """The shape of the model a plan was made for; compared with the model at patch time."""
-
-    model_type: str | None
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    name: str | None = None
-    native_sliding: dict[int, int] = field(default_factory=dict)  # layer -> its own sliding window
-
-    def to_json(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["native_sliding"] = {str(k): v for k, v in self.native_sliding.items()}
-        return d
-
-    @classmethod
-    def from_json(cls, d: Any) -> ModelInfo:
-        """Strict: every field of the right JSON type (TypeError or ValueError naming it otherwise)."""
-        need(d, dict, "model")
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"model has unknown fields {unknown}")
-        for key in ("num_layers", "num_kv_heads", "head_dim"):
-            if need(d[key], int, f"model.{key}") < 1:
-                raise ValueError(f"model.{key} must be >= 1; got {d[key]}")
-        for key in ("model_type", "name"):
-            need(d.get(key), (str, type(None)), f"model.{key}")
-        native = {}
-        for k, v in need(d.get("native_sliding") or {}, dict, "model.native_sliding").items():
-            if not k.isdigit():
-                raise ValueError(f"model.native_sliding keys are layer numbers; got {k!r}")
-            native[int(k)] = need(v, int, f"model.native_sliding[{k}]")
-            if v < 1:
-                raise ValueError(f"model.native_sliding[{k}] must be >= 1 (the layer's own window in tokens); got {v}")
-        return cls(**{**d, "native_sliding": native})
-
-    def mismatch(self, other: ModelInfo, this: str = "this model", native: bool = False) -> str | None:
-        """Why what was made for this model does not fit `other`, called `this` (None when it may): the model type
-        (where both record one), head_dim and, with `native`, the layers that use their own sliding window. The
-        words go after "... was" / "... were"."""
-        if self.model_type and other.model_type and self.model_type != other.model_type:
-            return f"made for a {self.model_type!r} model but {this} is {other.model_type!r}"
-        if self.head_dim != other.head_dim:
-            return f"made for head_dim {self.head_dim} but {this} has {other.head_dim}"
-        if native and set(self.native_sliding) != set(other.native_sliding):
-            return (f"made for a model whose own sliding-window layers are {sorted(self.native_sliding)} but {this} "
-                    f"has {sorted(other.native_sliding) or 'none'}")
-        return None
 
 
 def check_kv_dtype(kv_dtype: Any) -> None:
