@@ -10,62 +10,62 @@ import bench_report
 import throughput_report
 from report_util import DATA, Ctx, demote, f, jsonl, load_json, table
 
+from zigzag_attn.eval.run import Results
+
 SMOLLM2_FP8 = "fp8/smollm2_compare_2k.json"  # zigzag-attn eval compare (experiments/README.md has the command)
+
+
+def _smollm2_fp8():
+    """The recorded `eval compare` run as (per (policy, task) pooled row, tasks), or None where not recorded."""
+    if not (DATA / SMOLLM2_FP8).exists():
+        return None
+    res = Results.load(DATA / SMOLLM2_FP8)
+    return {(a["policy"], a["task"]): a for a in res.aggregate(("policy", "task"))}, res.tasks
+
+
+def _mean(cells: dict, policy: str, tasks) -> float:
+    return sum(cells[policy, t]["accuracy"] for t in tasks) / len(tasks)
 
 
 def fp8_accuracy() -> str:
     """SmolLM2 with FP8 retrieval KV against the same plans in 16-bit, on held-out genres (one eval compare run)."""
-    if not (DATA / SMOLLM2_FP8).exists():
+    got = _smollm2_fp8()
+    if got is None:
         return ""
-    res = load_json(SMOLLM2_FP8)
-    rows = res["rows"]
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    cells, tasks = got
     names = {"full": "full attention", "full-fp8": "full attention, FP8 KV", "half": "smollm2-135m@0.5",
              "half-fp8": "smollm2-135m@0.5, FP8 KV", "streaming": "all-streaming"}
-    acc = {}
-    for r in rows:
-        a = acc.setdefault((r["policy"], r["task"]), [0, 0, 0, r["kv_fraction"]])
-        a[0], a[1], a[2] = a[0] + r["correct"], a[1] + r["answers"], a[2] + r["n"]
-    policies = [p for p in names if any(k[0] == p for k in acc)]
-    n = {acc[p, t][2] for p in policies for t in tasks}
-    out = []
-    for p in policies:
-        cells = [acc[p, t][0] / acc[p, t][1] for t in tasks]
-        mean = sum(cells) / len(cells)
-        base = {"full-fp8": "full", "half-fp8": "half"}.get(p)
-        ratio = "–"
-        if base:
-            b = sum(acc[base, t][0] / acc[base, t][1] for t in tasks) / len(tasks)
-            ratio = f(mean / b, 3)
-        out.append([names[p], f(acc[p, tasks[0]][3], 3)] + [f(c) for c in cells] + [f(mean, 3), ratio])
-    length = sorted({r["length"] for r in rows})
-    plan = {t: acc["half-fp8", t][0] / acc["half-fp8", t][1] - acc["half", t][0] / acc["half", t][1] for t in tasks}
+    policies = [p for p in names if (p, tasks[0]) in cells]
+    bases = {"full-fp8": "full", "half-fp8": "half"}
+    out = [[names[p], f(cells[p, tasks[0]]["kv_fraction"], 3)] + [f(cells[p, t]["accuracy"]) for t in tasks]
+           + [f(_mean(cells, p, tasks), 3),
+              f(_mean(cells, p, tasks) / _mean(cells, bases[p], tasks), 3) if p in bases else "–"]
+           for p in policies]
+    n = {cells[p, t]["n"] for p in policies for t in tasks}
+    lengths = load_json(SMOLLM2_FP8)["meta"]["lengths"]
+    plan = {t: cells["half-fp8", t]["accuracy"] - cells["half", t]["accuracy"] for t in tasks}
     worst = min(plan, key=plan.get)
-    full = mean_of(acc, "full-fp8", tasks) / mean_of(acc, "full", tasks)
+    full = _mean(cells, "full-fp8", tasks) / _mean(cells, "full", tasks)
     cost = "nothing" if full >= 0.99 else f"{1 - full:.1%} of its mean accuracy"
     note = (f"\n\nFP8 costs full attention {cost} here; on the 50% plan, whose streaming layers already lose some "
             f"retrieval, it costs most on {worst} ({plan[worst]:+.2f}). Not yet measured on the Qwen models: the "
             "matrix scored FP8 plans as 16-bit attention until a forward without a cache applied the format too.")
-    return (f"SmolLM2-135M-Instruct, {'/'.join(map(str, length))} tokens, {n.pop() if len(n) == 1 else n} prompts "
-            f"per cell on the technical and legal genres (calibration never read them); every layer of "
-            f"`full-fp8` keeps full attention with FP8 KV.\n\n"
+    return (f"SmolLM2-135M-Instruct, {'/'.join(map(str, lengths))} tokens, "
+            f"{n.pop() if len(n) == 1 else n} prompts per cell on the technical and legal genres (calibration never "
+            "read them); every layer of `full-fp8` keeps full attention with FP8 KV.\n\n"
             + table(["policy", "KV (16-bit = 1)", *tasks, "mean", "FP8 / 16-bit"], out) + note)
 
 
 def fp8_shares() -> dict | None:
     """Mean accuracy over tasks of FP8 over 16-bit, for full attention and the 50% plan (the SmolLM2 run)."""
-    if not (DATA / SMOLLM2_FP8).exists():
+    got = _smollm2_fp8()
+    if got is None:
         return None
-    rows = load_json(SMOLLM2_FP8)["rows"]
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-
-    def mean(policy):
-        per = [sum(r["correct"] for r in rows if r["policy"] == policy and r["task"] == t)
-               / sum(r["answers"] for r in rows if r["policy"] == policy and r["task"] == t) for t in tasks]
-        return sum(per) / len(per)
-    n = sum(r["n"] for r in rows if r["policy"] == "full" and r["task"] == tasks[0])
-    return {"model": "SmolLM2-135M", "full": mean("full-fp8") / mean("full"), "plan": mean("half-fp8") / mean("half"),
-            "n": n, "length": rows[0]["length"], "tasks": ", ".join(tasks)}
+    cells, tasks = got
+    lengths = load_json(SMOLLM2_FP8)["meta"]["lengths"]
+    return {"model": "SmolLM2-135M", "full": _mean(cells, "full-fp8", tasks) / _mean(cells, "full", tasks),
+            "plan": _mean(cells, "half-fp8", tasks) / _mean(cells, "half", tasks), "n": cells["full", tasks[0]]["n"],
+            "length": "/".join(map(str, lengths)), "tasks": ", ".join(tasks)}
 
 
 def fp8_batch() -> dict | None:
@@ -73,10 +73,6 @@ def fp8_batch() -> dict | None:
     rows = jsonl("fp8/throughput_q15_32k_eager.jsonl")
     got = {r["policy"]: r["batch"] for r in rows if r.get("part") == "decode"}
     return {"model": "Qwen2.5-Coder-1.5B", "batch": got["zigzag-fp8"] / got["zigzag"]} if len(got) == 2 else None
-
-
-def mean_of(acc: dict, policy: str, tasks) -> float:
-    return sum(acc[policy, t][0] / acc[policy, t][1] for t in tasks) / len(tasks)
 
 
 def choice_rows(model_dir: str) -> list[dict]:
