@@ -137,8 +137,7 @@ def resolve_fp8_backend(backend: str, plan: Plan, device: torch.device, dtype: t
     for and cannot run. "auto" takes the kernel only on the GPUs listed in `FP8_KERNEL_ARCHS`."""
     if plan.kv_dtype != "fp8" or backend == "dequantize":
         return "dequantize"
-    probe = torch.empty(1, 1, 1, head_dim, dtype=dtype, device=device)
-    why = fp8_decode.problem(probe, head_dim) if device.type == "cuda" else "the model is not on a CUDA GPU"
+    why = fp8_decode.problem(dtype, head_dim) if device.type == "cuda" else "the model is not on a CUDA GPU"
     if backend == "triton" and why:
         raise ValueError(f"fp8_backend='triton' cannot run here: {why}")
     if backend == "auto" and (why or torch.cuda.get_device_capability(device)[0] not in FP8_KERNEL_ARCHS):

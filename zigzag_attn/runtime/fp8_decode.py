@@ -26,12 +26,12 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def problem(q: torch.Tensor, head_dim: int) -> str | None:
-    """Why the kernel cannot serve these inputs (one sentence), or None."""
+def problem(dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why the kernel cannot serve a model of this dtype and head size (one sentence), or None."""
     if not triton_installed():
         return "the triton package is not installed"
-    if q.dtype not in (torch.bfloat16, torch.float16):
-        return f"it takes bfloat16 or float16 queries, not {q.dtype}"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return f"it takes bfloat16 or float16 queries, not {dtype}"
     if head_dim not in SUPPORTED_HEAD_DIMS:
         return f"it takes head_dim in {SUPPORTED_HEAD_DIMS}, not {head_dim}"
     return None
@@ -140,7 +140,7 @@ def triton_next_power_of_2(x: int) -> int:
 
 
 def fp8_decode(q: torch.Tensor, k, v, bias: torch.Tensor | None, *, scale: float | None) -> torch.Tensor:
-    """See the module docstring; `k`, `v` are `QuantKV`s. The caller checks `problem(q, head_dim)` and calls
+    """See the module docstring; `k`, `v` are `QuantKV`s. The caller checks `problem(q.dtype, head_dim)` and calls
     `register()` first."""
     d = q.shape[-1]
     scale = d ** -0.5 if scale is None else float(scale)

@@ -88,12 +88,10 @@ class FP8Parts:
     key_scale: torch.Tensor
     value_scale: torch.Tensor
     dtype: torch.dtype
-
-    def _all(self) -> tuple[str, ...]:
-        return ("keys", "values", "key_scale", "value_scale")
+    PARTS = ("keys", "values", "key_scale", "value_scale")
 
     def _apply(self, fn) -> None:
-        for name in self._all():
+        for name in self.PARTS:
             setattr(self, name, fn(getattr(self, name)))
 
     def read(self) -> tuple[QuantKV, QuantKV]:
@@ -194,6 +192,6 @@ class StaticFP8Layer(FP8Parts, StaticLayer):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """In place, as the static buffers' addresses must not change."""
         if self.is_initialized:
-            for name in self._all():
+            for name in self.PARTS:
                 t = getattr(self, name)
                 t.copy_(t.index_select(0, beam_idx.to(t.device)))
