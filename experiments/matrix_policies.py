@@ -45,15 +45,13 @@ def policies(cfg, info: zz.ModelInfo, state: Path) -> dict[str, zz.Plan | None]:
     robust = zz.Scores.load(state / "robust_scores.json")
     # the plain-ablation baseline: the worst-task loss rise of each layer streaming alone, recorded by the robust
     # profile; the layers whose streaming hurts most stay retrieval
-    rise = torch.tensor(robust.meta["ablation"])
-    ablation = zz.Scores(rise[:, None].expand(-1, info.num_kv_heads), rise, model=info, method="ablation-worst-task")
+    ablation = _scores("ablation", info, state)
     out: dict[str, zz.Plan | None] = {"full": None, "streaming": all_streaming(info, sink=cfg["sink"],
                                                                                   window=cfg["window"]).plan}
     # layer rankings from the distillation objective: the head gates' mean per layer (the layer scores
     # train_gates records with head gates), their max per layer (a layer with one decisive head stays full: the
     # 1.5B's mean hid it, docs/results.md), and layer gates
-    top = torch.as_tensor(heads.heads).float()
-    gatemax = zz.Scores(top, top.max(dim=1).values, model=heads.model, method="gates-max-per-layer")
+    gatemax = _scores("gatemax", info, state)
     layer_gates = zz.Scores.load(state / "layer_gates.json") if (state / "layer_gates.json").exists() else None
     sw = dict(sink=cfg["sink"], window=cfg["window"])
     for r in RATIOS:
@@ -115,8 +113,6 @@ def plan_file(state: Path, r: float) -> Path:
 #                    (default 256), sink S (default 64), KV dtype; M: zigzag (robust scores), duo (head gates, per
 #                    head), gatemax, ablation, random-I (the I-th random layer ranking)
 # choice~bF          the plan zz.choose picked for budget F (experiments/budget_choice.py, state/choice-bF.json)
-EXTENDED = ("+fp8", "~b")
-
 
 def is_extended(name: str) -> bool:
     return name.endswith("+fp8") or "~b" in name
