@@ -25,7 +25,7 @@ def llama3_8b(layers: int = 32, smoke: bool = False) -> LlamaConfig:
 def plans(model, zigzag_plan: str | None = None) -> dict[str, zz.Plan | None]:
     """Half of the KV cache kept in both plans: mixed keeps half of every layer's KV heads, zigzag half of the
     layers (the odd ones stream, or the layers of `zigzag_plan`, a 50% plan file or shipped name); each also with
-    FP8 retrieval KV ("-fp8": the fused decode kernel where `patch` picks it, "-fp8-dq": dequantise + SDPA)."""
+    FP8 retrieval KV ("-fp8": the fused decode kernel, fp8_backend="triton"; "-fp8-dq": dequantise + SDPA)."""
     info = zz.describe(model)
     half = info.num_kv_heads // 2
     mixed = [[h < half for h in range(info.num_kv_heads)] for _ in range(info.num_layers)]
