@@ -53,14 +53,20 @@ case $job in
     python $A eval "${a[@]}" --workers 8 --deadline $until 2>&1 | grep --line-buffered -v Warning ;;
   budget-q05|budget-q15)
     k=${job#budget-}; model $k budget-$k; seed budget-$k $( [ $k = q05 ] && echo qwen || echo qwen15 )
-    log "zz.choose at ${CHOICE_LEN:-32768} tokens"
-    python experiments/budget_choice.py "${a[@]}" --budgets 0.25,0.5 --length ${CHOICE_LEN:-32768} 2>&1 \
-      | grep -v Warning | tail -16
-    c=$(for w in 256 1024 4096; do printf 'zigzag~b0.25~w%s~s64,zigzag~b0.25~w%s~s64~fp8,' $w $w; done)
+    # zz.choose in the background, on a bf16 copy of its own (the last --cache wins: no race with the evaluations')
+    log "zz.choose at ${CHOICE_LEN:-32768} tokens, in the background"
+    (python experiments/budget_choice.py "${a[@]}" --cache $S/budget-$k-bf16-choice --budgets 0.25,0.5 \
+      --windows ${CHOICE_WINDOWS:-256,1024} --length ${CHOICE_LEN:-32768} 2>&1 | grep -v Warning \
+      > $S/out/budget-$k/choice_log.txt; touch $S/budget-$k/choice.done) &
     r5=$(for i in 1 2 3 4 5; do printf 'random-%s~b0.25~fp8,' $i; done)
-    chunks "$R4,niah,passkey full+fp8,choice~b0.25" "multiquery full,duo@0.25,zigzag@0.5,duo@0.5" \
-      "$R4 duo~b0.25~fp8" "multikey,multivalue,niah,passkey,vartrack zigzag@0.5+fp8,zigzag@0.25+fp8" \
-      "multikey,multivalue ${r5%,}" "$R4 ${c%,}" "$R4 choice~b0.5,duo~b0.5~fp8" ;;
+    # most needed first: 25% of the KV in FP8 against the head plan; FP8 against 16-bit on the shipped plan; the
+    # 16-bit rows multi-query lacks; zz.choose's picks; random layer sets; the rest of the candidates
+    chunks "$R4 zigzag~b0.25~fp8,duo~b0.25~fp8" "$R4 full+fp8,zigzag@0.5+fp8" \
+      "multiquery full,duo@0.25,zigzag@0.5,duo@0.5,zigzag@0.25"
+    while [ ! -f $S/budget-$k/choice.done ] && [ $(date +%s) -lt $until ]; do sleep 10; done
+    chunks "$R4 choice~b0.25,choice~b0.5,duo~b0.5~fp8" "multikey,multivalue ${r5%,}" "$R4 zigzag@0.25+fp8" \
+      "niah,passkey full+fp8,zigzag@0.5+fp8,zigzag@0.25+fp8" \
+      "$R4 zigzag~b0.25~w1024~s64~fp8,zigzag~b0.5~fp8,zigzag~b0.25,zigzag~b0.25~w1024~s64" ;;
   smollm2|smollm2-random)  # 8k context: prompts at 2k-8k, calibration at 8000 tokens
     model smollm2 smollm2; a+=(--lengths 2048,4096,8000 --calib-length 8000 --randoms 20)
     T=multikey,multivalue,vartrack,niah,passkey
@@ -78,7 +84,8 @@ case $job in
         wait
       fi
       touch $S/smollm2/calibrated.done
-      chunks "$T full,zigzag@0.5,duo@0.5,streaming,zigzag@0.25,duo@0.25" "$T zigzag@0.33,duo@0.33" \
+      chunks "$T full,zigzag@0.5,duo@0.5,streaming,zigzag@0.25,duo@0.25" \
+        "$T full+fp8,zigzag~b0.5~fp8,duo~b0.5~fp8,zigzag~b0.25~fp8,duo~b0.25~fp8" "$T zigzag@0.33,duo@0.33" \
         "$T shipped@0.5,shipped@0.33,shipped@0.25" "$T hybrid-m2@0.5,hybrid-m4@0.5,hybrid-m2@0.25,hybrid-m4@0.25" \
         "$T layergates@0.5,layergates@0.25,gatemax@0.5,gatemax@0.25,ablation@0.5,ablation@0.25"
     fi ;;
