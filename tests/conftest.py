@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaFor
 
 import zigzag_attn as zz
 from zigzag_attn import models
-from zigzag_attn.data import load_text
+from zigzag_attn.data import IGNORE, Sample, load_text
 
 
 def pytest_configure(config):
@@ -40,6 +40,25 @@ FAMILIES = {
     "gemma3_text": {"head_dim": 16, "sliding_window": 6, "query_pre_attn_scalar": 16,
                     "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]},
 }
+
+
+def labelled_samples(model, lengths=(40, 21, 41, 20, 40, 22), seed=1) -> list[Sample]:
+    """Random prompts of `lengths` tokens for `model`, each with two labelled answers (its last 5 tokens but one)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        ids = torch.randint(2, model.config.vocab_size, (n,), generator=g)
+        labels = torch.full_like(ids, IGNORE)
+        labels[-5:-3], labels[-2:] = ids[-5:-3], ids[-2:]
+        out.append(Sample(ids, labels, ("a", "b"), (0.1, 0.9)))
+    return out
+
+
+def modes_plan(model, streaming, sink: int = SINK, window: int = WINDOW) -> zz.Plan:
+    """The layer-exclusive plan of `model` with the layers of `streaming` streaming, the others retrieval."""
+    info = zz.describe(model)
+    return zz.Plan.from_layers(["streaming" if i in streaming else "retrieval" for i in range(info.num_layers)],
+                               sink=sink, window=window, model=info)
 
 
 def tiny_model(family: str, seed: int = 0, kv_heads: int = 2, layers: int | None = None):

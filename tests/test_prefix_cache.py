@@ -8,8 +8,8 @@ import warnings
 
 import pytest
 import torch
-from conftest import FAMILIES, SINK, WINDOW, tiny_model
-from test_suffix import modes_plan, samples
+from conftest import FAMILIES, SINK, WINDOW, modes_plan, tiny_model
+from conftest import labelled_samples as samples
 
 import zigzag_attn as zz
 from zigzag_attn.profile import robust

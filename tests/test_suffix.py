@@ -7,30 +7,13 @@ import warnings
 
 import pytest
 import torch
-from conftest import FAMILIES, SINK, WINDOW, tiny_model
+from conftest import FAMILIES, SINK, WINDOW, modes_plan, tiny_model
+from conftest import labelled_samples as samples
 
 import zigzag_attn as zz
-from zigzag_attn.data.passkey import IGNORE, Sample
 from zigzag_attn.profile.measure import Measurement, measure
 from zigzag_attn.profile.suffix import Suffix, usable
 from zigzag_attn.runtime.patch import plan_of
-
-
-def samples(model, lengths=(40, 21, 41, 20, 40, 22), seed=1) -> list[Sample]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for n in lengths:
-        ids = torch.randint(2, model.config.vocab_size, (n,), generator=g)
-        labels = torch.full_like(ids, IGNORE)
-        labels[-5:-3], labels[-2:] = ids[-5:-3], ids[-2:]
-        out.append(Sample(ids, labels, ("a", "b"), (0.1, 0.9)))
-    return out
-
-
-def modes_plan(model, streaming) -> zz.Plan:
-    info = zz.describe(model)
-    return zz.Plan.from_layers(["streaming" if i in streaming else "retrieval" for i in range(info.num_layers)],
-                               sink=SINK, window=WINDOW, model=info)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
