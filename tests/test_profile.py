@@ -187,30 +187,30 @@ def test_profile_defaults_are_the_cli_defaults(one_layer_matters, monkeypatch):
 
 def test_refine_on_replicas_matches_serial(one_layer_matters, monkeypatch):
     """Candidates spread over a model copy (threads): same plan, same history, same loss for every candidate."""
+    from zigzag_attn.profile import search, trials
     from zigzag_attn.profile.replicas import make_replicas
-
-    refine_module = importlib.import_module("zigzag_attn.profile.refine")  # the module, not the function
 
     model, data = one_layer_matters, _task(one_layer_matters)
     start = zz.Plan.from_layers(["retrieval"] * 4, sink=2, window=4, model=zz.describe(model))
-    measure_, calls, results = refine_module.measure, {"serial": [], "parallel": []}, {}
+    measure_, calls, results = trials.measure_groups, {"serial": [], "parallel": []}, {}
     replicas = make_replicas(model, ["cpu"])
     for run in calls:
-        def recording(m, samples, plan, run=run, **kw):
-            result = measure_(m, samples, plan, **kw)
-            calls[run].append((plan.modes, result.loss, id(m)))
+        def recording(m, groups, plan, batch_size, run=run):
+            result = measure_(m, groups, plan, batch_size)
+            calls[run].append((plan.modes, result["samples"].loss, id(m)))
             return result
 
-        monkeypatch.setattr(refine_module, "measure", recording)
+        monkeypatch.setattr(trials, "measure_groups", recording)
         with monkeypatch.context() as m:
-            m.setattr(refine_module, "usable", lambda *a, **k: False)  # whole forwards, each one recorded
+            for module in (search, trials):  # whole forwards, each one recorded
+                m.setattr(module, "usable", lambda *a, **k: False)
             results[run] = refine(start, model, data, retrieval_layers=1, progress=False,
                                   replicas=replicas if run == "parallel" else None)
-    # by default one model runs each candidate from its layer on (profile/suffix.py): the same search
-    suffix = refine(start, model, data, retrieval_layers=1, progress=False).provenance["refine"]["history"]
+    # by default one model runs each candidate from held inputs (profile/prefix_cache.py): the same search
+    held = refine(start, model, data, retrieval_layers=1, progress=False).provenance["refine"]["history"]
     whole = results["serial"].provenance["refine"]["history"]
-    assert [h["streaming"] for h in suffix] == [h["streaming"] for h in whole]
-    assert [h["loss"] for h in suffix] == pytest.approx([h["loss"] for h in whole], rel=1e-6)
+    assert [h["streaming"] for h in held] == [h["streaming"] for h in whole]
+    assert [h["loss"] for h in held] == pytest.approx([h["loss"] for h in whole], rel=1e-6)
     serial, parallel = results["serial"], results["parallel"]
     assert parallel.modes == serial.modes and parallel.retrieval_layers == [1]
     assert parallel.provenance["refine"]["history"] == serial.provenance["refine"]["history"]

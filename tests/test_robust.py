@@ -12,7 +12,8 @@ from zigzag_attn.data import IGNORE
 from zigzag_attn.data.calibration import TASKS, calibration_groups
 from zigzag_attn.data.texts import CALIBRATION_SPLITS, EVALUATION_SPLITS, load_text
 from zigzag_attn.plan import STREAMING
-from zigzag_attn.profile import profile, robust
+from zigzag_attn.profile import profile, robust, trials
+from zigzag_attn.profile.measure import Measurement
 
 
 def test_genres_are_split_and_calibration_never_reads_evaluation_text():
@@ -47,10 +48,10 @@ def test_calibration_groups_label_their_answers_in_their_own_wording(smollm2):
 
 
 def _fake_losses(weights: dict[str, dict[int, float]]):
-    """A stand-in for `group_losses`: a group's loss is the sum of its weights over the streaming layers."""
+    """A stand-in for `trials.measure_groups`: a group's loss is the sum of its weights over the streaming layers."""
     def losses(model, groups, plan, batch_size):
         streaming = set() if plan is None else {i for i, m in enumerate(plan.modes) if m == STREAMING}
-        return {g: sum(w for i, w in weights[g].items() if i in streaming) for g in groups}
+        return {g: Measurement(sum(w for i, w in weights[g].items() if i in streaming), []) for g in groups}
     return losses
 
 
@@ -58,7 +59,7 @@ def test_greedy_minimises_the_worst_task_not_the_mean(monkeypatch):
     # group "a" is hurt a little by layers 0 and 1 each; group "b" a lot by layer 2 and a little by layer 3.
     # The mean would drop 0 and 1 before 3 (0.3 + 0.3 < 0.7 total rise); the worst task drops 3 earlier.
     weights = {"a": {0: 0.6, 1: 0.6, 2: 0.0, 3: 0.0}, "b": {0: 0.0, 1: 0.0, 2: 5.0, 3: 0.7}}
-    monkeypatch.setattr(robust, "group_losses", _fake_losses(weights))
+    monkeypatch.setattr(trials, "measure_groups", _fake_losses(weights))
     model = tiny_model("llama")
     groups = {"a": [object()], "b": [object()]}
     scores, meta = robust.robust_scores(model, groups, sink=2, window=4, keep=0.25, candidates=None, progress=False)
@@ -79,7 +80,7 @@ def test_candidates_limit_each_round_to_the_lowest_ablation_scores(monkeypatch):
         if plan is not None:
             seen.append(tuple(plan.modes))
         return fake(model, groups, plan, batch_size)
-    monkeypatch.setattr(robust, "group_losses", spy)
+    monkeypatch.setattr(trials, "measure_groups", spy)
     model = tiny_model("llama")
     _, meta = robust.robust_scores(model, {"a": [object()]}, sink=2, window=4, keep=0.5, candidates=1,
                                    progress=False)
@@ -92,7 +93,7 @@ def test_candidates_limit_each_round_to_the_lowest_ablation_scores(monkeypatch):
 def test_greedy_rounds_stop_at_the_rounded_share_of_layers(monkeypatch, keep, rounds):
     """The greedy stops at floor(keep * layers + 0.5) retrieval layers, as `solve` rounds a ratio: keep=0.4 of 4
     layers keeps 2 (1.6 rounds up), so 2 rounds, not 3."""
-    monkeypatch.setattr(robust, "group_losses", _fake_losses({"a": {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4}}))
+    monkeypatch.setattr(trials, "measure_groups", _fake_losses({"a": {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4}}))
     _, meta = robust.robust_scores(tiny_model("llama"), {"a": [object()]}, sink=2, window=4, keep=keep,
                                    candidates=None, progress=False)
     assert len(meta["greedy"]) == rounds
@@ -104,7 +105,7 @@ def test_validation_picks_the_ranking_that_holds_on_fresh_prompts(monkeypatch):
     calib = {"a": {0: 0.6, 1: 0.6, 2: 0.0, 3: 0.0}, "b": {0: 0.0, 1: 0.0, 2: 5.0, 3: 0.7}}
     fresh = {"v": {0: 0.1, 1: 0.1, 2: 0.0, 3: 9.0}}
     fake_c, fake_v = _fake_losses(calib), _fake_losses(fresh)
-    monkeypatch.setattr(robust, "group_losses", lambda m, g, p, b: (fake_v if "v" in g else fake_c)(m, g, p, b))
+    monkeypatch.setattr(trials, "measure_groups", lambda m, g, p, b: (fake_v if "v" in g else fake_c)(m, g, p, b))
     model = tiny_model("llama")
     scores, meta = robust.robust_scores(model, {"a": [object()], "b": [object()]}, {"v": [object()]}, sink=2,
                                         window=4, keep=0.25, candidates=None, progress=False)
@@ -131,7 +132,7 @@ def test_validation_picks_the_ranking_that_holds_on_fresh_prompts(monkeypatch):
         if "v" in g and p is not None:
             fresh_plans.append(p)
         return (fake_v if "v" in g else fake_c)(m, g, p, b)
-    monkeypatch.setattr(robust, "group_losses", spy)
+    monkeypatch.setattr(trials, "measure_groups", spy)
     _, meta = robust.robust_scores(model, {"a": [object()], "b": [object()]}, {"v": [object()]}, sink=2,
                                    window=4, keep=0.4, candidates=None, progress=False)
     assert meta["validation"]["sizes"] == [0.5, 0.4]

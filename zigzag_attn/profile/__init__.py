@@ -7,6 +7,8 @@ Methods:
   * "robust"    - measured greedy elimination on several tasks and genres with a worst-task objective, its ranking
                   checked against plain ablation on fresh prompts (`robust.py`).
 Then `zz.solve` turns the scores into a plan and `zz.refine` can improve it by measurement (`refine.py`).
+The ablation, `refine` and "robust" are one greedy search with a pluggable objective (`search.py`), measured by
+`trials.py` from hidden states held where plans share a prefix (`prefix_cache.py`).
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ def _measure(model, samples: list[Sample], batch_size: int) -> Measurement:
 
 def batched(samples: list[Sample], batch_size: int, device, forward) -> Measurement:
     """`measure`'s loop over the batches, with `forward(ids, mask, keep)` giving the logits `[batch, keep, vocab]`
-    of the last `keep` positions of the left-padded `ids` / `mask` `[batch, seq]` (`suffix.Suffix` runs part of
-    the model in it)."""
+    of the last `keep` positions of the left-padded `ids` / `mask` `[batch, seq]` (`prefix_cache.PrefixCache` runs
+    part of the model in it)."""
     total, count = 0.0, 0
     right: list[list[bool]] = [[] for _ in samples]  # per sample, put back in sample order at the end
     for rows in _batches([len(s) for s in samples], batch_size):
