@@ -61,6 +61,14 @@ def modes_plan(model, streaming, sink: int = SINK, window: int = WINDOW) -> zz.P
                                sink=sink, window=window, model=info)
 
 
+def layer_calls(model) -> dict[str, int]:
+    """{"n": the number of decoder-layer calls} of `model` from here on (a forward pre-hook on each layer)."""
+    calls = {"n": 0}
+    for layer in model.get_decoder().layers:
+        layer.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    return calls
+
+
 def tiny_model(family: str, seed: int = 0, kv_heads: int = 2, layers: int | None = None):
     """A random float32 model of `family`, with 2 query heads per KV head (and `layers` layers, if given)."""
     torch.manual_seed(seed)

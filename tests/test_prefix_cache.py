@@ -8,7 +8,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from conftest import FAMILIES, modes_plan, tiny_model
+from conftest import FAMILIES, layer_calls, modes_plan, tiny_model
 from conftest import labelled_samples as samples
 
 import zigzag_attn as zz
@@ -64,9 +64,7 @@ def test_a_plan_runs_from_the_deepest_input_held_for_its_own_prefix():
     whole, one that agrees with them runs from the deepest; both give the whole forward's loss and answers."""
     model = tiny_model("llama", seed=2)
     n, data = zz.describe(model).num_layers, samples(model, (30,))
-    calls = {"n": 0}
-    for layer in model.get_decoder().layers:
-        layer.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    calls = layer_calls(model)
     cache = cache_of(model, data)
     cache.fill(modes(n, set()), [2])
     for streaming, start, check in (({1}, 0, 0), ({3}, 2, n)):  # the first partial run is checked whole

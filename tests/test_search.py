@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import SINK, WINDOW, modes_plan, tiny_model
+from conftest import SINK, WINDOW, layer_calls, modes_plan, tiny_model
 from conftest import labelled_samples as samples
 
 from zigzag_attn.profile import refine, robust, search, trials
@@ -27,20 +27,12 @@ def one_round_at_a_time(monkeypatch):
         monkeypatch.setattr(module, "usable", lambda m, s=(), *a, **k: len(s) <= 2 and real(m, s, *a, **k))
 
 
-def counting(model) -> dict[str, int]:
-    """{"n": decoder-layer calls} of `model` from here on."""
-    calls = {"n": 0}
-    for layer in model.get_decoder().layers:
-        layer.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
-    return calls
-
-
 def test_greedy_runs_fewer_layers_than_rerunning_each_base(monkeypatch):
     """The same robust profile with held inputs (all groups fit) and with one group's inputs held for one round at a
     time (each round's base run again): identical scores and records, and at most 3/4 of the decoder-layer calls."""
     model = tiny_model("llama", seed=4, layers=12)
     groups = {"x": samples(model, (30, 31), seed=5), "y": samples(model, (40, 22), seed=6)}
-    calls = counting(model)
+    calls = layer_calls(model)
     runs = {}
     for held in (True, False):
         if not held:  # all groups together do not "fit": one group's inputs for one round at a time
@@ -166,7 +158,7 @@ def test_ablation_trials_hold_inputs_for_the_greedy_and_it_chooses_the_same(monk
     model = tiny_model("llama", seed=4, layers=12)
     groups = {"x": samples(model, (30, 31), seed=5), "y": samples(model, (40, 22), seed=6),
               "z": samples(model, (26, 35), seed=7)}
-    calls = counting(model)
+    calls = layer_calls(model)
     runs, held = {}, search.AHEAD
     for ahead in (held, 0):
         monkeypatch.setattr(search, "AHEAD", ahead)
@@ -189,7 +181,7 @@ def test_refine_holds_inputs_across_rounds(monkeypatch, scores):
     data, n = samples(model, seed=5), 10
     start = modes_plan(model, set())
     prior = torch.tensor([float((3 * i) % 7) for i in range(n)]) if scores else None
-    calls, runs, real = counting(model), {}, search.usable
+    calls, runs, real = layer_calls(model), {}, search.usable
     for way in ("held", "round", "whole"):
         with monkeypatch.context() as m:
             if way != "held":
@@ -213,7 +205,7 @@ def test_ablation_runs_each_trial_from_its_layer():
     """The ablation scores hold full attention's inputs as its loss is measured: each trial runs its own layer and
     those after it: 52 decoder-layer calls a batch where whole forwards make 72."""
     model = tiny_model("llama", seed=4, layers=8)
-    data, calls = samples(model, seed=5), counting(model)
+    data, calls = samples(model, seed=5), layer_calls(model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         scores, meta = ablation_scores(model, data, sink=SINK, window=WINDOW, batch_size=2, progress=False)

@@ -8,9 +8,9 @@
 4. Validation: the greedy ranking and the plain ablation ranking are compared on fresh prompts (`valid`, other
    seeds and lengths) at the sizes of SIZES down to `keep`, and at `keep`; the one with the lower mean worst-group
    loss becomes the scores. A caller that needs one plan sets `keep` to its ratio: the search stops there.
-Steps 2 and 3 are one `search.Search` with the `WorstRise` objective (`prior="ablation"`). The worst group, not the
-mean, is the objective, so a layer one task needs is not traded for small gains on the others; docs/results.md
-measures how this generalizes to genres and wordings calibration never saw.
+Steps 1 to 3 are one search (`search.from_full_attention`: the `WorstRise` objective, the ablation its first
+round). The worst group, not the mean, is the objective, so a layer one task needs is not traded for small gains on
+the others; docs/results.md measures how this generalizes to genres and wordings calibration never saw.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from ..data.passkey import Sample
 from ..model_info import describe
 from ..plan import RETRIEVAL, STREAMING
-from .search import Search, WorstRise, layer_plans
+from .search import WorstRise, from_full_attention, layer_plans
 from .trials import Trials
 
 SIZES = (0.5, 1 / 3, 0.25)  # retrieval-layer ratios at which validation compares the rankings
@@ -48,11 +48,10 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
     info = describe(model)
     choosable = [i for i in range(info.num_layers) if i not in info.native_sliding]
     start = time.perf_counter()
-    full = [RETRIEVAL] * info.num_layers
-    search = Search(model, groups, full, choosable, math.floor(keep * len(choosable) + 0.5), sink=sink,
-                    window=window, prior="ablation", candidates=candidates, batch_size=batch_size)
-    base = {g: m.loss for g, m in search.measure().items()}
-    found = search.run(WorstRise(base), progress=progress)  # its held inputs are freed before validation runs
+    # its held inputs are freed before validation runs
+    full, found = from_full_attention(model, groups, keep=keep, sink=sink, window=window, candidates=candidates,
+                                      batch_size=batch_size, progress=progress)
+    base = {g: m.loss for g, m in full.items()}
     ablation, order = found.prior, [layer for layer, _ in found.history]
     greedy = _rank(order, [i for i in choosable if i not in order], ablation, info.num_layers)
     ablation_rank = _rank([], choosable, ablation, info.num_layers)
@@ -64,7 +63,7 @@ def robust_scores(model, groups: Mapping[str, list[Sample]], valid: Mapping[str,
         scores = {"greedy": greedy, "ablation": ablation_rank}
         # the two rankings often keep the same layers at a size (and two sizes may round alike): measured once
         fresh = Trials(model, valid, layer_plans(info, sink, window), batch_size=batch_size)
-        fresh.objective = WorstRise({g: m.loss for g, m in fresh.measure(full).items()})
+        fresh.objective = WorstRise({g: m.loss for g, m in fresh.measure([RETRIEVAL] * info.num_layers).items()})
         table = {}
         sizes = [r for r in SIZES if r >= keep - 1e-9]  # where the greedy ranking was searched, and `keep`
         if not sizes or abs(sizes[-1] - keep) > 1e-9:

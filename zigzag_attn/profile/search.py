@@ -5,11 +5,12 @@ choosable and, while more than `stop` remain, makes streaming the one whose tria
 of the plan so far) has the lowest objective value, the first of equal values. `candidates` limits each round to
 that many layers with the lowest prior scores (`prior`), trading search for time. With `prior="ablation"` the
 search first measures every layer of `kept` streaming alone on top of `modes` (the solo ablation, from full
-attention); those values are the prior, and the first greedy round is already measured.
+attention); those values are the prior, and the first greedy round is already measured. `from_full_attention` is
+that search by the worst group's rise: the ablation (stopping at once) and `robust`'s greedy.
 
 The objective maps a plan's loss on each group to one number, lower is better:
   * `MeanLoss()`     - the mean answer loss over the groups (`refine`: one group, its loss);
-  * `WorstRise(base)` - the worst group's rise over `base` ({group: loss}, the start plan's: `search.measure()`);
+  * `WorstRise(base)` - the worst group's rise over `base` ({group: loss}, the start plan's: `Search.measure()`);
                        `robust` (several groups) and the ablation (one group: its rise).
 Measuring is `trials.Trials`: each plan once, from held inputs where memory allows (`prefix_cache.PrefixCache`),
 whole forwards (over model copies, `replicas`) where not; a trial that can no longer be chosen is cut short when the
@@ -18,6 +19,7 @@ objective is `bounded`. None of this changes a choice or a value.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -62,6 +64,20 @@ class Found:
     history: list[tuple[int, float]] = field(default_factory=list)
     prior: torch.Tensor | None = None
     reused: bool = False
+
+
+def from_full_attention(model, groups: Mapping[str, list[Sample]], *, keep: float, sink: int, window: int,
+                        candidates: int | None = None, batch_size: int = 1,
+                        progress: bool = True) -> tuple[dict[str, Measurement], Found]:
+    """Full attention's measurement per group, and the search from it by `WorstRise` over it: the solo ablation of
+    every layer that is not natively sliding, then greedy elimination (among the `candidates` with the lowest
+    ablation values) down to `floor(keep * layers + 0.5)` retrieval layers, as `solve` rounds a ratio."""
+    info = describe(model)
+    layers = [i for i in range(info.num_layers) if i not in info.native_sliding]
+    search = Search(model, groups, [RETRIEVAL] * info.num_layers, layers, math.floor(keep * len(layers) + 0.5),
+                    sink=sink, window=window, prior="ablation", candidates=candidates, batch_size=batch_size)
+    full = search.measure()
+    return full, search.run(WorstRise({g: m.loss for g, m in full.items()}), progress=progress)
 
 
 class Search:

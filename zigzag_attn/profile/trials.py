@@ -42,8 +42,10 @@ def measure_groups(model, groups: Mapping[str, list[Sample]], plan: Plan | None,
 
 
 class Trials:
-    """See the module docstring. `objective` ({group: loss} -> value, lower is better; `bounded`: a value on some
-    groups is at most the value on all) is set by the caller before `round` or `value` is asked."""
+    """See the module docstring. groups: `{name: samples}`; plan_for(modes) -> the Plan to patch with (None: the
+    unpatched model); held: hold inputs across rounds (the caller checked they fit); replicas: model copies that
+    share whole forwards. `objective` ({group: loss} -> value, lower is better; `bounded`: its value on some groups
+    is at most its value on all) is set by the caller before `round` or `value` is asked."""
 
     def __init__(self, model, groups: Mapping[str, list[Sample]], plan_for: Callable[[Sequence[str]], Plan | None],
                  *, batch_size: int = 1, held: bool = False, replicas: Sequence = ()):
