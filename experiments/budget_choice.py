@@ -6,8 +6,8 @@ recorded layer ranking, measured on held-out validation prompts at the target le
 
 --state holds `robust_scores.json` (the layer ranking; experiments/gpu_accuracy.py calibrate). Writes
 --out/choice.jsonl (one row per candidate: its matrix policy name `zigzag~bF~wW~sS[~fp8]`, validation losses, worst
-rise, seconds) and the chosen plan as --state/choice-bF.json and --out/choice-bF.json, which the accuracy matrix
-evaluates as policy `choice~bF` beside every candidate, so the table shows whether validation picked the best.
+rise, seconds, the GPU) and the chosen plan as --state/choice-bF.json and --out/choice-bF.json, which the accuracy
+matrix evaluates as policy `choice~bF` beside every candidate, so the table shows whether validation picked the best.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def main() -> None:
     groups = validation_groups(tok, length=args.length, samples=args.samples)
     ga.log(f"{sum(map(len, groups.values()))} validation prompts of {args.length} tokens in "
            f"{time.perf_counter() - t:.1f} s")
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     for budget in (float(b) for b in args.budgets.split(",")):
         t = time.perf_counter()
         plans = zz.candidates(scores, kv_budget=budget, context_length=args.length,
@@ -65,7 +66,7 @@ def main() -> None:
         seconds = time.perf_counter() - t
         with open(out / "choice.jsonl", "a") as fh:
             for plan, row in zip(plans, rows, strict=True):
-                fh.write(json.dumps({"model": args.name, "budget": budget, "length": args.length,
+                fh.write(json.dumps({"model": args.name, "gpu": gpu, "budget": budget, "length": args.length,
                                      "policy": policy_name(plan, budget), "chosen": plan is best, **row}) + "\n")
         best = zz.Plan.from_layers(best.modes, sink=best.sink, window=best.window, model=best.model,
                                    kv_dtype=best.kv_dtype,

@@ -8,7 +8,8 @@ import re
 
 import bench_report
 import throughput_report
-from report_util import DATA, Ctx, demote, f, jsonl, load_json, table
+from report_qwen import shipped
+from report_util import DATA, Ctx, demote, f, jsonl, length_label, load_json, table
 
 from zigzag_attn.eval.run import Results
 
@@ -48,12 +49,45 @@ def fp8_accuracy() -> str:
     full = _mean(cells, "full-fp8", tasks) / _mean(cells, "full", tasks)
     cost = "nothing" if full >= 0.99 else f"{1 - full:.1%} of its mean accuracy"
     note = (f"\n\nFP8 costs full attention {cost} here; on the 50% plan, whose streaming layers already lose some "
-            f"retrieval, it costs most on {worst} ({plan[worst]:+.2f}). Not yet measured on the Qwen models: the "
-            "matrix scored FP8 plans as 16-bit attention until a forward without a cache applied the format too.")
+            f"retrieval, it costs most on {worst} ({plan[worst]:+.2f}).")
     return (f"SmolLM2-135M-Instruct, {'/'.join(map(str, lengths))} tokens, "
             f"{n.pop() if len(n) == 1 else n} prompts per cell on the technical and legal genres (calibration never "
             "read them); every layer of `full-fp8` keeps full attention with FP8 KV.\n\n"
             + table(["policy", "KV (16-bit = 1)", *tasks, "mean", "FP8 / 16-bit"], out) + note)
+
+
+SMOLLM2_BUDGET = "fp8/smollm2_budget_compare.json"  # eval compare of the 50% plans (experiments/README.md)
+
+
+def smollm2_budget() -> str:
+    """SmolLM2 at half of full's KV bytes: the 16-bit plan, the FP8 plan `calibrate` chose, random sets, full."""
+    if not (DATA / SMOLLM2_BUDGET).exists():
+        return ""
+    res = Results.load(DATA / SMOLLM2_BUDGET)
+    cells = {(a["policy"], a["task"], a["length"]): a for a in res.aggregate(("policy", "task", "length"))}
+    lengths = sorted({k[2] for k in cells})
+    policies = list(dict.fromkeys(k[0] for k in cells))
+
+    def mean(p: str) -> float:
+        return sum(cells[p, t, n]["accuracy"] for t in res.tasks for n in lengths) / (len(res.tasks) * len(lengths))
+
+    randoms = [p for p in policies if p.startswith("random")]
+    best = max(randoms, key=mean) if randoms else None
+    shown = [p for p in policies if not p.startswith("random")] + ([best] if best else [])
+    shown.sort(key=lambda p: (p != "full", p == "streaming", p == best))
+    names = {"full": "full attention", "streaming": "all-streaming", best: f"best of {len(randoms)} random sets "
+             "of the 16-bit plan's size"}
+    out = [[names.get(p, f"`{p}`"), f(cells[p, res.tasks[0], lengths[-1]]["kv_fraction"], 3),
+            *(" / ".join(f(cells[p, t, n]["accuracy"]) for n in lengths) for t in res.tasks), f(mean(p), 3),
+            f(mean(p) / mean("full"), 3)] for p in shown]
+    n = {a["n"] for a in cells.values()}
+    return (f"SmolLM2-135M-Instruct at half of full attention's KV bytes, from the two candidates `calibrate "
+            "--kv-budget 0.5 --context-length 8000 --kv-dtypes model,fp8` measured (the FP8 one won validation; "
+            f"`smollm2_fp8_at_0.5`), beside the shipped 16-bit plan: {', '.join(map(str, lengths))} tokens, "
+            f"{n.pop() if len(n) == 1 else n} prompts per cell, technical and legal genres.\n\n"
+            + table(["policy", f"KV at {length_label(lengths[-1])}",
+                     *(f"{t} ({' / '.join(length_label(x) for x in lengths)})" for t in res.tasks), "mean",
+                     "share of full"], out))
 
 
 def fp8_shares() -> dict | None:
@@ -81,68 +115,152 @@ def choice_rows(model_dir: str) -> list[dict]:
 
 
 def window_choice() -> str:
-    """The validation measurements of zz.choose's 16-bit candidates: layers traded for a wider window."""
+    """zz.choose's validation measurements: layers traded for a wider window or for FP8 retrieval KV."""
     out = []
     for label, d in (("Qwen2.5-Coder-1.5B", "qwen15"), ("Qwen2.5-Coder-0.5B", "qwen")):
-        for r in choice_rows(d):
+        for r in sorted(choice_rows(d), key=lambda r: (r["budget"], r.get("kv_dtype", "model"), r["window"])):
             rise = " / ".join(f"{r['rise'][k]:.2f}" for k in ("passkeys", "ledger", "boxes"))
-            out.append([label, f(r["budget"]), r["window"], r["retrieval_layers"], f(r["kv_fraction"], 3), rise,
-                        f(r["worst_rise"], 3)])
+            out.append([label, f(r["budget"]), r["window"], "FP8" if r.get("kv_dtype") == "fp8" else "16-bit",
+                        r["retrieval_layers"], f(r["kv_fraction"], 3), rise,
+                        f"**{r['worst_rise']:.3f}**" if r.get("chosen") else f(r["worst_rise"], 3)])
     if not out:
         return ""
     lengths = sorted({r["length"] for d in ("qwen15", "qwen") for r in choice_rows(d)})
     return (f"Validation (calibration's wordings on the held-out novels at {'/'.join(map(str, lengths))} tokens; the "
-            "rise in answer loss over full attention, lower is better): at equal bytes a wider window costs "
-            "retrieval layers. Rows: `zz.choose`'s 16-bit candidates (`experiments/budget_choice.py`).\n\n"
-            + table(["model", "KV budget", "window", "retrieval layers", "KV at 32k", "rise: pass keys / ledger / "
-                     "boxes", "worst rise"], out))
+            "rise in answer loss over full attention, lower is better; bold: `zz.choose`'s pick where FP8 was among "
+            "the candidates): at equal bytes a wider window costs retrieval layers and rarely pays; FP8 doubles the "
+            "layers, which pays at 25% and fails at 50%, where the budget then reaches the layers FP8 hurts most "
+            "(the first layers' keys, below). Rows: `experiments/budget_choice.py`.\n\n"
+            + table(["model", "KV budget", "window", "retrieval KV", "retrieval layers", "KV at 32k",
+                     "rise: pass keys / ledger / boxes", "worst rise"], out))
 
 
-def budget_matrix() -> str:
-    """Held-out accuracy of the plans measured at a KV budget (rows with `~` in their names)."""
+BUDGET_TASKS = ("multikey", "multivalue", "multiquery", "vartrack")
+BUDGET_POLICIES = {  # the 1.5B's rows at 25% of KV, with the 16-bit plans of about the same layers beside
+    "full": "full attention", "zigzag~b0.25~fp8": "zigzag at 25%, FP8 retrieval KV (zz.choose's pick)",
+    "zigzag@0.5": "zigzag@0.5, 16-bit (one layer more)", "duo@0.25": "head plan at 25%, 16-bit",
+    "zigzag@0.25": "zigzag@0.25, 16-bit", "zigzag~b0.25~w256~s64": "zigzag at 25%, 16-bit, solved at 32k",
+    "duo~b0.25~w4096": "head plan at 25%, window 4,096", "random@0.5": "best of the random sets of zigzag@0.5's size",
+    "streaming": "all-streaming"}
+
+
+def budget_table() -> str:
+    """Held-out accuracy of the 1.5B's plans at 25% of KV: each task's accuracy at 4k/8k/16k/32k."""
+    rows = jsonl("qwen15/matrix.jsonl")
+    got = {(r["policy"], r["task"], r["length"]): r for r in rows}
+    lengths = sorted({r["length"] for r in rows})
+
+    def hard(p: str) -> list[float]:
+        return [got[p, t, n]["accuracy"] for t in ("multikey", "multivalue") for n in lengths if (p, t, n) in got]
+
+    randoms = {r["policy"] for r in rows if re.fullmatch(r"random-\d+@0\.5", r["policy"])}
+    best = max(randoms, key=lambda p: (len(hard(p)), sum(hard(p))))  # the most cells, then the highest mean
     out = []
-    for label, d in (("Qwen2.5-Coder-1.5B", "qwen15"), ("Qwen2.5-Coder-0.5B", "qwen")):
-        rows = jsonl(f"{d}/matrix.jsonl")
-        extended = sorted({r["policy"] for r in rows if re.search(r"[~+]", r["policy"])})
-        mq = [r for r in rows if r["task"] == "multiquery"]
-        for p in ["full"] * bool(mq) + extended:
-            for task in ("multikey", "multiquery"):
-                got = {r["length"]: r for r in rows if r["policy"] == p and r["task"] == task}
-                if got:
-                    cells = " / ".join(f"{got[n]['accuracy']:.2f} ({n // 1024}k, KV {got[n]['kv_fraction']:.2f})"
-                                       for n in sorted(got))
-                    out.append([label, p, task, cells, next(iter(got.values()))["prompts"]])
-    return table(["model", "policy", "task", "accuracy by length (KV kept)", "n"], out) if out else ""
+    for p, label in BUDGET_POLICIES.items():
+        p, label = (best, f"{label} (`{best}` of {len(randoms)}, 16-bit)") if p == "random@0.5" else (p, label)
+        if not any((p, t, n) in got for t in BUDGET_TASKS for n in lengths):
+            continue
+        kv = next((got[p, t, lengths[-1]]["kv_fraction"] for t in BUDGET_TASKS if (p, t, lengths[-1]) in got), None)
+        cells = [" / ".join(f(got[p, t, n]["accuracy"]) if (p, t, n) in got else "–" for n in lengths)
+                 for t in BUDGET_TASKS]
+        acc = hard(p)
+        out.append([label, f"`{p}`", f(kv, 2), *cells, f(sum(acc) / len(acc), 3) if len(acc) == 2 * len(lengths)
+                    else "–"])
+    n = {r["prompts"] for r in rows if r["policy"] in BUDGET_POLICIES and r["task"] in BUDGET_TASKS}
+    layers = {r.get("kv_dtype", "model"): r["retrieval_layers"] for r in choice_rows("qwen15")
+              if r["budget"] == 0.25 and r["window"] == 256}
+    half = shipped("qwen2.5-coder-1.5b@0.5")["modes"].count("retrieval")
+    return (f"Qwen2.5-Coder-1.5B, held-out genres, {'/'.join(length_label(x) for x in lengths)} tokens, "
+            f"{n.pop() if len(n) == 1 else n} prompts per cell; KV kept at {length_label(lengths[-1])} (16-bit "
+            f"full attention = 1). At a quarter of the KV, FP8 lets zigzag keep {layers['fp8']} retrieval layers "
+            f"instead of {layers['model']}: about the accuracy of the 16-bit plan with {half}, far above the 16-bit "
+            "head plan at the same bytes.\n\n"
+            + table(["plan", "policy", "KV", *(f"{t} ({'/'.join(length_label(x) for x in lengths)})"
+                                               for t in BUDGET_TASKS), "mean, multi-key + multi-value"], out))
+
+
+def layer_error() -> str:
+    """Per-layer error of attention with FP8 keys and values (experiments/fp8_layer_error.py)."""
+    runs = [load_json(p.relative_to(DATA)) for p in sorted(DATA.glob("fp8/layer_error_*.json"))]
+    if not runs:
+        return ""
+    names = list(dict.fromkeys(k for run in runs for k in run["rows"][0] if k != "layer"))
+    offsets = [k for k in names if k.startswith("k ") and k != "k"]
+    out, said = [], []
+    for run in runs:
+        rows = run["rows"]
+        for r in sorted(rows, key=lambda r: -r["kv"])[:4]:
+            out.append([run["model"], r["layer"], *(f(r.get(k), 3) for k in names)])
+        med = {k: sorted(r[k] for r in rows)[len(rows) // 2] if k in rows[0] else None for k in names}
+        out.append([run["model"], f"median of {len(rows)} layers", *(f(med[k], 3) for k in names)])
+        worst = max(rows, key=lambda r: r["kv"])
+        said.append(f"{run['model']}, layer {worst['layer']}: {worst['kv']:.2f} to "
+                    + " / ".join(f"{worst[k]:.2f}" for k in offsets if k in worst)
+                    + "; lower on " + " / ".join(f"{sum(r[k] < r['kv'] for r in rows)}" for k in offsets if k in worst)
+                    + f" of {len(rows)} layers")
+    return ("Why FP8 on every layer fails where FP8 on a plan's layers does not: the relative error of attention "
+            "with FP8 keys and values, against exact attention, per layer (the last 64 queries of one held-out "
+            f"multi-key prompt of {runs[0]['tokens']} tokens, float32; `experiments/fp8_layer_error.py`). Keys "
+            "carry nearly all of it, and a few early layers carry most: layers the plans stream first. Storing keys "
+            "minus a fixed vector per KV head does not change attention (softmax ignores the shift) but changes "
+            "the rounding: `k offset` subtracts the median key of one calibration prompt, `k bias` the key "
+            "projection's bias after RoPE, averaged over positions, which needs no data "
+            f"({' / '.join(offsets)}: {'; '.join(said)}). Neither is part of the format yet: their effect on "
+            "accuracy is unmeasured.\n\n"
+            + table(["model", "layer", *(f"error, FP8 {k}" for k in names)], out))
 
 
 def results_section(ctx: Ctx) -> str:
-    parts = ["## FP8 retrieval KV and KV budgets", fp8_accuracy(), window_choice(), budget_matrix()]
+    parts = ["## FP8 retrieval KV and KV budgets", fp8_accuracy(), smollm2_budget(), budget_table(), window_choice(),
+             layer_error()]
     return "\n\n".join(p for p in parts if p)
+
+
+def _real_case(line: str) -> str:
+    """One sentence on a real model's conformance line that is over the rule."""
+    case = re.sub(r" +", " ", line.split(" one-pass")[0]).strip()
+    err, floor = re.search(r"one-pass (\S+)", line).group(1), re.search(r"floor (\S+)", line).group(1)
+    return (f" The real SmolLM2-135M case ({case}) is over the rule too: one-pass {err} against the unpatched "
+            f"model's own {floor}.")
 
 
 def performance_section(ctx: Ctx) -> str:
     thr = jsonl("fp8/throughput_q15_32k_eager.jsonl")
+    compiled = jsonl("fp8/throughput_q15_32k_h100.jsonl")
     b1 = jsonl("fp8/decode_b1_q15_32k.jsonl")
     conf = (DATA / "gpu" / "conformance_fp8.log").read_text().splitlines()
     cases = [x for x in conf if re.search(r"\b(ok|FAIL)$", x)]
-    worst = max(float(re.search(r"one-pass (\S+)", x).group(1)) for x in cases)
-    fails = {p: sum(x.endswith("FAIL") and f"fp8 {p} " in x for x in cases) for p in ("triton", "dequantize")}
+    tiny = [x for x in cases if re.search(r"fp8 (triton|dequantize) ", x)]
+    real = [x for x in cases if x not in tiny]
+    worst = max(float(re.search(r"one-pass (\S+)", x).group(1)) for x in tiny)
+    fails = {p: sum(x.endswith("FAIL") and f"fp8 {p} " in x for x in tiny) for p in ("triton", "dequantize")}
     alike = "on both paths alike" if fails["triton"] == fails["dequantize"] else \
         f"{fails['triton']} with the kernel, {fails['dequantize']} with dequantise + SDPA"
+    dec = {(r["policy"], r["mode"]): r for r in compiled if r.get("part") in ("decode", "decode_smaller")}
+    fused, eager, base = dec["zigzag-fp8", "compiled"], dec["zigzag-fp8", "eager"], dec["zigzag", "compiled"]
+    per_seq = (fused["ms"] / fused["batch"]) / (base["ms"] / base["batch"])
+    gpu = next(r["gpu"] for r in compiled if r.get("part") == "machine")
+    real_line = "".join(_real_case(x) for x in real if x.endswith("FAIL"))
     return "\n\n".join([
         "## FP8 retrieval KV (Qwen2.5-Coder-1.5B, 32k tokens)",
-        "### At the memory limit (eager decode)", demote(throughput_report.table(thr)),
+        "### At the memory limit, eager decode (NVIDIA H200)", demote(throughput_report.table(thr)),
         demote(throughput_report.ratio_table(thr)),
-        "### Compiled decode, B = 1 (interleaved in one process)",
-        "The fused kernel's compiled step is not here: its call site broke the compiled graph (a cached Python "
-        "function), so every decoder layer recompiled until compilation gave up; the call is now a registered torch "
-        "op, not yet timed on a GPU. Dequantise + SDPA reads FP8 and writes a 16-bit copy, so it is slower than "
-        "16-bit KV at one sequence.",
+        f"### At the memory limit, compiled decode ({gpu})",
+        f"The fused kernel inside a compiled step is slow: {fused['ms']:.1f} ms at {fused['batch']} sequences, "
+        f"{per_seq:.1f}× 16-bit zigzag's compiled time per sequence ({base['ms']:.1f} ms at {base['batch']}), and "
+        f"slower than the same kernel called eagerly ({eager['ms']:.1f} ms at {eager['batch']}). Its compile also "
+        "ran out of memory beside the largest batch. So `fp8_backend=\"auto\"` keeps dequantise + SDPA and the "
+        "kernel stays opt-in; FP8's gain is capacity (about twice the sequences), not tokens/s.",
+        demote(throughput_report.table(compiled)), demote(throughput_report.ratio_table(compiled)),
+        "### Compiled decode, B = 1 (interleaved in one process, NVIDIA H200)",
+        "Dequantise + SDPA reads FP8 and writes a 16-bit copy, so it is slower than 16-bit KV at one sequence. "
+        "The fused kernel's B = 1 compiled step is not timed yet.",
         demote(bench_report.report(bench_report.load_rows([str(DATA / "fp8/decode_b1_q15_32k.jsonl")]), None)
                .strip()) if b1 else "",
-        f"### Conformance in bf16\n\n{len(cases)} cases (six tiny families × two plans × the fused kernel and "
+        f"### Conformance in bf16\n\n{len(tiny)} cases (six tiny families × two plans × the fused kernel and "
         f"dequantise + SDPA, decoding 260 tokens past the window): largest error against the float32 reference "
-        f"with the same quantisation {worst:.2e}; {sum(x.endswith('FAIL') for x in cases)} over the bf16 rule "
+        f"with the same quantisation {worst:.2e}; {sum(x.endswith('FAIL') for x in tiny)} over the bf16 rule "
         f"(1e-2 or 1.25× the unpatched model's own bf16 error), {alike}: bf16 rounding moves keys across e4m3 "
-        "rounding boundaries that the float32 reference does not cross ([log](results/gpu/conformance_fp8.log)).",
+        f"rounding boundaries that the float32 reference does not cross.{real_line} "
+        "([log](results/gpu/conformance_fp8.log))",
     ])

@@ -168,9 +168,11 @@ def cost_rows() -> list[tuple]:
         choice = DATA / cfg["dir"] / "budget" / "choice.jsonl"
         if choice.exists():  # zz.choose's validation: one candidate at the target length (GPU shared)
             rows_ = jsonl(f"{cfg['dir']}/budget/choice.jsonl")
-            per = sorted(r["seconds"] for r in rows_)[len(rows_) // 2]
-            rows.append((cfg["short"], prov["device"], f"zz.choose: one candidate on its validation prompts of "
-                         f"{rows_[0]['length']:,} tokens, median (GPU shared with other jobs)", per, "–"))
+            for gpu in sorted({r["gpu"] for r in rows_}):
+                secs = sorted(r["seconds"] for r in rows_ if r["gpu"] == gpu)
+                rows.append((cfg["short"], gpu, f"zz.choose: one candidate on its validation prompts of "
+                             f"{rows_[0]['length']:,} tokens, median of {len(secs)} (GPU shared with other jobs)",
+                             secs[len(secs) // 2], "–"))
     sm = load_json("smollm2/robust_scores_h200.json")["meta"]
     rows.insert(1, ("SmolLM2-135M", "NVIDIA H200", f"robust at {sm['tokens']:,} tokens (GPU shared with other jobs)",
                     sm["seconds"], "–"))
