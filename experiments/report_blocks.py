@@ -86,9 +86,10 @@ def fp8_line() -> str:
     if thr:
         parts.append(f"on {thr['model']} at 32k, FP8 fits {thr['batch']:.2f}× the sequences of 16-bit zigzag "
                      f"at the memory limit ([docs/performance.md](docs/performance.md))")
-    for r in report_fp8.choice_rows("qwen15"):
-        if r["budget"] == 0.5 and r.get("kv_dtype") == "fp8" and r["window"] == 256:
-            won = next(x for x in report_fp8.choice_rows("qwen15") if x["budget"] == 0.5 and x.get("chosen"))
+    half = [r for r in report_fp8.choice_rows("qwen15") if r["budget"] == 0.5]
+    for r in half:
+        if r.get("kv_dtype") == "fp8" and r["window"] == 256:
+            won = next(x for x in half if x.get("chosen"))
             parts.append(f"but FP8 on nearly every layer of the 1.5B ({r['retrieval_layers']} layers at 50% of "
                          f"KV) loses far more on validation (worst rise {r['worst_rise']:.2f}) than "
                          f"{won['retrieval_layers']} 16-bit layers ({won['worst_rise']:.2f}): a few early layers' "

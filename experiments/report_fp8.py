@@ -8,7 +8,7 @@ import re
 
 import bench_report
 import throughput_report
-from report_qwen import shipped
+from report_qwen import mean, shipped
 from report_util import DATA, Ctx, demote, f, jsonl, length_label, load_json, minutes, table
 
 from zigzag_attn.eval.run import Results
@@ -64,16 +64,14 @@ def smollm2_choice() -> str:
     if not (DATA / SMOLLM2_CHOICE).exists():
         return ""
     plan = load_json(SMOLLM2_CHOICE)
-    prov = plan["provenance"]
-    rows, choice = prov["choice"]["rows"], prov["choice"]
+    prov, choice = plan["provenance"], plan["provenance"]["choice"]
     said = "; ".join(f"{'FP8' if r['kv_dtype'] == 'fp8' else '16-bit'}, {r['retrieval_layers']} layers: worst rise "
-                     f"{r['worst_rise']:.3f}" for r in rows)
+                     f"{r['worst_rise']:.3f}" for r in choice["rows"])
     return (f"SmolLM2-135M-Instruct on 2 CPU cores, `calibrate --kv-budget 0.5 --context-length "
             f"{prov['constraint']['context_length']} --kv-dtypes model,fp8`: on its validation prompts of "
             f"{choice['length']} tokens ({said}) it kept FP8 with {prov['constraint']['retrieval_layers']} of "
-            f"{len(plan['modes'])} "
-            f"layers retrieval (`{SMOLLM2_CHOICE}`; {minutes(prov['seconds'])} with another job sharing the "
-            "cores). Not yet evaluated on held-out genres.")
+            f"{len(plan['modes'])} layers retrieval (`{SMOLLM2_CHOICE}`; {minutes(prov['seconds'])} with another "
+            "job sharing the cores). Not yet evaluated on held-out genres.")
 
 
 def fp8_shares() -> dict | None:
@@ -136,11 +134,8 @@ def budget_table() -> str:
     got = {(r["policy"], r["task"], r["length"]): r for r in rows}
     lengths = sorted({r["length"] for r in rows})
 
-    def hard(p: str) -> list[float]:
-        return [got[p, t, n]["accuracy"] for t in ("multikey", "multivalue") for n in lengths if (p, t, n) in got]
-
     randoms = {r["policy"] for r in rows if re.fullmatch(r"random-\d+@0\.5", r["policy"])}
-    best = max(randoms, key=lambda p: (len(hard(p)), sum(hard(p))))  # the most cells, then the highest mean
+    best = max(randoms, key=lambda p: mean(rows, p) or -1.0)  # multi-key + multi-value; sets missing a cell last
     out = []
     for p, label in BUDGET_POLICIES.items():
         p, label = (best, f"{label} (`{best}` of {len(randoms)}, 16-bit)") if p == "random@0.5" else (p, label)
@@ -149,9 +144,7 @@ def budget_table() -> str:
         kv = next((got[p, t, lengths[-1]]["kv_fraction"] for t in BUDGET_TASKS if (p, t, lengths[-1]) in got), None)
         cells = [" / ".join(f(got[p, t, n]["accuracy"]) if (p, t, n) in got else "–" for n in lengths)
                  for t in BUDGET_TASKS]
-        acc = hard(p)
-        out.append([label, f"`{p}`", f(kv, 2), *cells, f(sum(acc) / len(acc), 3) if len(acc) == 2 * len(lengths)
-                    else "–"])
+        out.append([label, f"`{p}`", f(kv, 2), *cells, f(mean(rows, p), 3)])
     n = {r["prompts"] for r in rows if r["policy"] in BUDGET_POLICIES and r["task"] in BUDGET_TASKS}
     layers = {r.get("kv_dtype", "model"): r["retrieval_layers"] for r in choice_rows("qwen15")
               if r["budget"] == 0.25 and r["window"] == 256}

@@ -17,8 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from .data.calibration import calibration_groups
 from .data.passkey import Sample
 from .plan import KV_DTYPES, Plan, check_sink_window
-from .profile.measure import measure
-from .runtime import patched
+from .profile.measure import measure_groups
 from .scores import Scores
 from .solve import solve, solve_heads
 
@@ -83,12 +82,11 @@ def choose(model, plans: Sequence[Plan], groups: Mapping[str, list[Sample]], *, 
     if not groups or any(not s for s in groups.values()):
         raise ValueError("choose needs at least one non-empty group of validation samples")
     n = max(len(s) for v in groups.values() for s in v)
-    full = {g: measure(model, s, batch_size=batch_size).loss for g, s in groups.items()}
+    full = {g: m.loss for g, m in measure_groups(model, groups, None, batch_size).items()}
     rows = []
     for i, plan in enumerate(plans):
         t = time.perf_counter()
-        with patched(model, plan):
-            loss = {g: measure(model, s, batch_size=batch_size).loss for g, s in groups.items()}
+        loss = {g: m.loss for g, m in measure_groups(model, groups, plan, batch_size).items()}
         rise = {g: loss[g] - full[g] for g in groups}
         rows.append({"candidate": i, "sink": plan.sink, "window": plan.window, "kv_dtype": plan.kv_dtype,
                      "retrieval_layers": len(plan.retrieval_layers), "mixed_layers": len(plan.mixed_layers),

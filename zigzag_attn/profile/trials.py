@@ -29,16 +29,8 @@ import torch
 
 from ..data.passkey import Sample
 from ..plan import Plan
-from ..runtime import patched
-from .measure import Measurement, measure
+from .measure import Measurement, measure_groups
 from .prefix_cache import Modes, PrefixCache, usable
-
-
-def measure_groups(model, groups: Mapping[str, list[Sample]], plan: Plan | None,
-                   batch_size: int) -> dict[str, Measurement]:
-    """Each group's measurement, by whole forwards of `model` patched with `plan` (None: as it is) once for all."""
-    with patched(model, plan) if plan is not None else contextlib.nullcontext():
-        return {g: measure(model, s, batch_size=batch_size) for g, s in groups.items()}
 
 
 class Trials:
